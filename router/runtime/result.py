@@ -1,0 +1,41 @@
+"""What one invocation produced, in Lambda's terms; shared by every caller of the pool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class UnknownFunction(KeyError):
+    """Raised by the pool for a function name that is not configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationResult:
+    request_id: str
+    # The handler's return value decoded from JSON, or Lambda's error JSON
+    # ({"errorMessage", "errorType", "requestId", "stackTrace"}) when function_error is set.
+    payload: Any
+    # "Unhandled" for any function error (exception, timeout, crash, OOM, init failure), else None.
+    function_error: str | None = None
+    # errorType of the error JSON ("ValueError", "Sandbox.Timedout", "Runtime.ExitError", ...).
+    error_type: str | None = None
+    duration_ms: float = 0.0
+    billed_duration_ms: int = 0
+    max_memory_used_mb: int = 0
+    init_duration_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.function_error is None
+
+    @property
+    def outcome(self) -> str:
+        """Bounded metric label: success, error, timeout, crash, oom."""
+        if self.function_error is None:
+            return "success"
+        return {
+            "Sandbox.Timedout": "timeout",
+            "Runtime.ExitError": "crash",
+            "Runtime.OutOfMemory": "oom",
+        }.get(self.error_type or "", "error")

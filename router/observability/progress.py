@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 class Tracker:
     name: str
     clock: Callable[[], float] = time.monotonic
+    kind: str = "work"  # "work" (shards, queues) or "broker" (a connection)
     pending: bool = False
     up: bool = True
     last_progress: float = field(default=0.0)
@@ -49,11 +50,17 @@ class ProgressBoard:
         self.clock = clock
         self._trackers: dict[str, Tracker] = {}
 
-    def tracker(self, name: str) -> Tracker:
+    def tracker(self, name: str, kind: str | None = None) -> Tracker:
+        """The tracker for `name`; names starting "kafka"/"mqtt" or kind="broker" are connections."""
         tracker = self._trackers.get(name)
         if tracker is None:
-            tracker = self._trackers[name] = Tracker(name, clock=self.clock)
+            if kind is None:
+                kind = "broker" if name in ("kafka", "mqtt", "s3") else "work"
+            tracker = self._trackers[name] = Tracker(name, clock=self.clock, kind=kind)
         return tracker
+
+    def trackers(self) -> list[Tracker]:
+        return list(self._trackers.values())
 
     def remove(self, name: str) -> None:
         self._trackers.pop(name, None)

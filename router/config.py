@@ -216,9 +216,9 @@ class StreamMapping(_Model):
         if self.maximum_record_age_in_seconds != -1 and self.maximum_record_age_in_seconds < 60:
             raise ValueError("maximum_record_age_in_seconds: must be -1 or between 60 and 604800")
         if self.starting_position == "AT_TIMESTAMP" and self.starting_position_timestamp is None:
-            raise ValueError("starting_position_timestamp is required with AT_TIMESTAMP")
+            raise ValueError("starting_position_timestamp: required with AT_TIMESTAMP")
         if self.starting_position != "AT_TIMESTAMP" and self.starting_position_timestamp is not None:
-            raise ValueError("starting_position_timestamp is only allowed with AT_TIMESTAMP")
+            raise ValueError("starting_position_timestamp: only allowed with AT_TIMESTAMP")
         if self.destination_config.on_success is not None:
             raise ValueError(
                 "destination_config.on_success: not supported for stream event source mappings"
@@ -248,9 +248,9 @@ class BucketNotifications(_Model):
     @model_validator(mode="after")
     def _topic(self) -> BucketNotifications:
         if self.transport == "mqtt" and not self.topic:
-            raise ValueError("topic is required with transport mqtt")
+            raise ValueError("topic: required with transport mqtt")
         if self.transport == "webhook" and self.topic:
-            raise ValueError("topic is only used with transport mqtt")
+            raise ValueError("topic: only used with transport mqtt")
         for pattern in self.events:
             if not re.fullmatch(r"s3:[A-Za-z]+(:[A-Za-z*]+)?|s3:\*", pattern):
                 raise ValueError(f"events: {pattern!r} is not an S3 event type such as s3:ObjectCreated:*")

@@ -131,7 +131,8 @@ def test_bucket_mapping_ranges() -> None:
     })
     assert "event_source_mappings.b.maximum_retry_attempts: must be between 0 and 2" in problems
     assert "event_source_mappings.b.maximum_event_age_in_seconds: must be between 60 and 21600" in problems
-    assert any(p.startswith("event_source_mappings.b.bucket_notifications.events: 'ObjectCreated' is not") for p in problems)
+    events = "event_source_mappings.b.bucket_notifications.events: 'ObjectCreated' is not"
+    assert any(p.startswith(events) for p in problems)
 
 
 def test_environment_interpolation_and_defaults() -> None:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -210,8 +211,21 @@ async def _stall_watch(app: Router, exit_after: float, done: asyncio.Future[int]
                 done.set_result(EXIT_STALLED)
 
 
-async def serve(config: Config) -> int:
-    """Run until a signal (exit 0 after a drain) or a stall past `stall_exit_seconds` (exit 3)."""
+async def _run_then_finish(step: Awaitable[int], done: asyncio.Future[int]) -> None:
+    try:
+        code = await step
+    except Exception as exc:
+        log.error("router.on_ready_failed", error_type=type(exc).__name__, error=str(exc))
+        code = 1
+    if not done.done():
+        done.set_result(code)
+
+
+async def serve(config: Config, on_ready: Callable[[Router], Awaitable[int]] | None = None) -> int:
+    """Run until a signal (exit 0 after a drain) or a stall past `stall_exit_seconds` (exit 3).
+
+    `on_ready`, when given, runs once the daemon has started; its return value ends the run with
+    that exit code (`router dev --demo` drives the daemon this way)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
     signals_seen = 0
@@ -238,6 +252,8 @@ async def serve(config: Config) -> int:
     background = [asyncio.create_task(watchdog_loop(notifier, app.board))]
     if config.stall_exit_seconds is not None:
         background.append(asyncio.create_task(_stall_watch(app, config.stall_exit_seconds, done)))
+    if on_ready is not None:
+        background.append(asyncio.create_task(_run_then_finish(on_ready(app), done)))
     notifier.notify(READY=1, STATUS="running")
     try:
         code = await done

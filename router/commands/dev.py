@@ -1,0 +1,280 @@
+"""`router dev`: the whole system on a laptop in one command.
+
+Starts Mosquitto, Kafka (Tansu) and S3 (SeaweedFS) from `router.devstack` on free loopback ports,
+creates the buckets, topics and the SeaweedFS webhook wiring, and runs the daemon on
+`config/router.dev.yaml`. `--demo` then drives every shipped example itself, prints what happened
+and exits 0 — the test suite runs it, so the newcomer's path cannot silently rot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import secrets
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from router.commands import add_logging_arguments
+
+DEMO_BUCKETS = ("photos", "photos-thumbnails", "minio-photos", "minio-photos-thumbnails", "router-failed")
+DEMO_TOPICS = (("clicks", 4), ("clicks-failed", 1))
+DEMO_CLICKS = 1000
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "dev", help="run the local stack (Mosquitto, Kafka, S3) with every example wired")
+    parser.add_argument("--config", default=None, help="dev config (default: config/router.dev.yaml)")
+    parser.add_argument("--state-dir", default=".router/dev", help="where the stack keeps its data")
+    parser.add_argument("--demo", action="store_true",
+                        help="upload a photo and produce stream records, print the results, exit")
+    parser.add_argument("--timeout", type=float, default=120.0, help="--demo: give up after this long")
+    add_logging_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def say(message: str) -> None:
+    print(f"router dev: {message}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from router.config import ConfigError, load_config
+    from router.devstack import DevstackError, Mosquitto, SeaweedFS, Tansu, free_port
+    from router.observability.logging import configure_logging
+
+    configure_logging(args.log_level, "json" if args.demo and args.log_format == "auto" else args.log_format)
+    config_path = Path(args.config or "config/router.dev.yaml")
+    if not config_path.exists():
+        say(f"{config_path} not found: run `router dev` from the repository root or pass --config")
+        return 2
+    state = Path(args.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        try:
+            say("starting Mosquitto (MQTT) ...")
+            mqtt = stack.enter_context(Mosquitto(state / "mosquitto"))
+            say(f"  Mosquitto ready on {mqtt.host}:{mqtt.port}")
+            say("starting Tansu (Kafka protocol) ...")
+            kafka = stack.enter_context(Tansu(state / "tansu"))
+            say(f"  Kafka ready on {kafka.bootstrap_servers}")
+            http_port = free_port()
+            token = secrets.token_urlsafe(24)
+            say("starting SeaweedFS (S3, filer webhook) ... this takes 5-10 s")
+            s3 = stack.enter_context(SeaweedFS(
+                state / "seaweedfs",
+                webhook_url=f"http://127.0.0.1:{http_port}/webhooks/seaweedfs", webhook_token=token))
+            say(f"  S3 ready on {s3.s3_endpoint}")
+        except DevstackError as exc:
+            say(str(exc))
+            return 1
+        for bucket in DEMO_BUCKETS:
+            s3.create_bucket(bucket)
+        for topic, partitions in DEMO_TOPICS:
+            kafka.create_topic(topic, partitions)
+        say(f"created buckets {', '.join(DEMO_BUCKETS)} and topics clicks (4 shards), clicks-failed")
+        env = {
+            **os.environ,
+            "ROUTER_STATE_DIR": str(state / "router"),
+            "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "MQTT_PORT": str(mqtt.port),
+            "S3_ENDPOINT_URL": s3.s3_endpoint,
+            "S3_ACCESS_KEY_ID": s3.access_key,
+            "S3_SECRET_ACCESS_KEY": s3.secret_key,
+            "ROUTER_HTTP_LISTEN": f"127.0.0.1:{http_port}",
+            "ROUTER_WEBHOOK_TOKEN": token,
+        }
+        try:
+            config = load_config(config_path, env=env)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                say(f"config: {problem}")
+            return 2
+        stack_info = _StackInfo(mqtt.port, kafka.bootstrap_servers, s3.s3_endpoint, s3.access_key,
+                                s3.secret_key, http_port)
+        if not args.demo:
+            _print_next_steps(stack_info)
+        from router.app import StartupError, serve
+
+        demo = _Demo(stack_info, args.timeout) if args.demo else None
+        try:
+            return asyncio.run(serve(config, on_ready=demo.run if demo else None))
+        except StartupError as exc:
+            say(str(exc))
+            return 1
+        finally:
+            say("stopping the local stack")
+
+
+class _StackInfo:
+    def __init__(self, mqtt_port: int, bootstrap: str, s3_endpoint: str, access_key: str,
+                 secret_key: str, http_port: int) -> None:
+        self.mqtt_port = mqtt_port
+        self.bootstrap = bootstrap
+        self.s3_endpoint = s3_endpoint
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.http_port = http_port
+
+    def s3_client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.s3_endpoint, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, region_name="us-east-1")
+
+
+def _print_next_steps(info: _StackInfo) -> None:
+    s3env = (f"AWS_ACCESS_KEY_ID={info.access_key} AWS_SECRET_ACCESS_KEY={info.secret_key} "
+             f"aws --endpoint-url {info.s3_endpoint}")
+    say("router is starting; try:")
+    say(f"  upload a photo:        {s3env} s3 cp photo.jpg s3://photos/uploads/photo.jpg")
+    say(f"  see its thumbnail:     {s3env} s3 ls s3://photos-thumbnails/uploads/")
+    say(f"  produce stream records: kafka bootstrap {info.bootstrap}, topic clicks, "
+        "values like {\"page\": \"/home\", \"ms\": 120}")
+    say(f"  MinIO-style MQTT:      mosquitto_pub -p {info.mqtt_port} -q 1 -t minio/events -f tests/fixtures/minio/"
+        "mqtt_put_encoded_key.json")
+    say(f"  watch it:              router status --url http://127.0.0.1:{info.http_port}")
+    say("  Ctrl-C stops router and the whole stack")
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 80, 40)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+class _Demo:
+    """Drives each example through the running daemon and prints what came out."""
+
+    def __init__(self, info: _StackInfo, timeout: float) -> None:
+        self.info = info
+        self.deadline = time.monotonic() + timeout
+
+    async def run(self, app: Any) -> int:
+        thumb = await asyncio.to_thread(self._photo_via_webhook)
+        say(f"file processing (SeaweedFS webhook): photos/uploads/demo.jpg 640x480 -> "
+            f"photos-thumbnails/uploads/demo.jpg {thumb[0]}x{thumb[1]}")
+        thumb = await self._photo_via_mqtt()
+        say(f"file processing (MinIO MQTT notification): minio-photos/albums/summer 2024/beach.jpg 800x600 -> "
+            f"{thumb[0]}x{thumb[1]}")
+        shards = await self._clicks()
+        say(f"data and analytics (Kafka clicks topic as a Kinesis stream): {DEMO_CLICKS} records")
+        for shard, (processed, checkpoint) in sorted(shards.items()):
+            say(f"  {shard}: {processed} records processed, checkpoint {checkpoint}")
+        print(json.dumps({"thumbnail": list(thumb), "shards": {
+            s: {"records": p, "checkpoint": c} for s, (p, c) in shards.items()}}))
+        return 0
+
+    def _remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the demo did not finish in time")
+        return left
+
+    def _wait_for_object(self, bucket: str, key: str) -> bytes:
+        client = self.info.s3_client()
+        while True:
+            try:
+                body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+                return body
+            except client.exceptions.NoSuchKey:
+                self._remaining()
+                time.sleep(0.3)
+
+    @staticmethod
+    def _size(data: bytes) -> tuple[int, int]:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            return width, height
+
+    def _photo_via_webhook(self) -> tuple[int, int]:
+        self.info.s3_client().put_object(Bucket="photos", Key="uploads/demo.jpg", Body=_jpeg(640, 480),
+                                         ContentType="image/jpeg")
+        return self._size(self._wait_for_object("photos-thumbnails", "uploads/demo.jpg"))
+
+    async def _photo_via_mqtt(self) -> tuple[int, int]:
+        import aiomqtt
+
+        key = "albums/summer 2024/beach.jpg"
+        body = _jpeg(800, 600)
+        await asyncio.to_thread(self.info.s3_client().put_object, Bucket="minio-photos", Key=key, Body=body)
+        envelope = _minio_envelope("minio-photos", key, len(body))
+        async with aiomqtt.Client("127.0.0.1", self.info.mqtt_port, identifier=f"minio-{os.getpid()}",
+                                  protocol=aiomqtt.ProtocolVersion.V311) as client:
+            await client.publish("minio/events", json.dumps(envelope, separators=(",", ":")), qos=1)
+        data = await asyncio.to_thread(self._wait_for_object, "minio-photos-thumbnails", key)
+        return self._size(data)
+
+    async def _clicks(self) -> dict[str, tuple[int, int]]:
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        producer = AIOKafkaProducer(bootstrap_servers=self.info.bootstrap, acks="all")
+        await producer.start()
+        try:
+            pages = ["/", "/pricing", "/docs", "/blog", "/signup"]
+            for i in range(DEMO_CLICKS):
+                value = json.dumps({"page": pages[i % len(pages)], "user": f"u{i % 37}", "ms": 20 + i % 90})
+                await producer.send(
+                    "clicks", value.encode(), key=f"u{i % 37}".encode())
+            await producer.flush()
+        finally:
+            await producer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.info.bootstrap)
+        await admin.start()
+        try:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.info.bootstrap)
+            await consumer.start()
+            try:
+                partitions = [TopicPartition("clicks", p) for p in range(4)]
+                high = await consumer.end_offsets(partitions)
+                low = await consumer.beginning_offsets(partitions)
+            finally:
+                await consumer.stop()
+            while True:
+                committed = await admin.list_consumer_group_offsets("router-clicks-to-metrics")
+                done = {tp: committed[tp].offset for tp in partitions if tp in committed}
+                if all(done.get(tp, -1) >= high[tp] for tp in partitions):
+                    return {
+                        f"shardId-{tp.partition:012d}": (high[tp] - low[tp], high[tp] - 1) for tp in partitions
+                    }
+                self._remaining()
+                await asyncio.sleep(0.5)
+        finally:
+            await admin.close()
+
+
+def _minio_envelope(bucket: str, key: str, size: int) -> dict[str, Any]:
+    """What MinIO's MQTT target publishes for a PUT (see tests/fixtures/minio)."""
+    from urllib.parse import quote_plus
+
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    return {
+        "EventName": "s3:ObjectCreated:Put",
+        "Key": f"{bucket}/{key}",
+        "Records": [{
+            "eventVersion": "2.0", "eventSource": "minio:s3", "awsRegion": "", "eventTime": stamp,
+            "eventName": "s3:ObjectCreated:Put", "userIdentity": {"principalId": "minioadmin"},
+            "requestParameters": {"principalId": "minioadmin", "region": "", "sourceIPAddress": "127.0.0.1"},
+            "responseElements": {"x-amz-request-id": f"{time.time_ns():X}"},
+            "s3": {
+                "s3SchemaVersion": "1.0", "configurationId": "Config",
+                "bucket": {"name": bucket, "ownerIdentity": {"principalId": "minioadmin"},
+                           "arn": f"arn:aws:s3:::{bucket}"},
+                "object": {"key": quote_plus(key), "size": size, "eTag": "0" * 32,
+                           "contentType": "image/jpeg", "sequencer": f"{time.time_ns():X}"},
+            },
+            "source": {"host": "127.0.0.1", "port": "", "userAgent": "router-dev-demo"},
+        }],
+    }

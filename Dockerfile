@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1
+# router: docker build -t router . && docker run --rm -v $PWD/config/router.yaml:/etc/router/router.yaml:ro router
+# The image runs as an unprivileged user with a read-only-friendly layout: only /var/lib/router
+# (state_dir) and /tmp need to be writable (emptyDirs in deploy/kubernetes/deployment.yaml).
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/router/.venv
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY router ./router
+# The examples extra brings what the shipped handlers import inside their workers (boto3, Pillow),
+# as Lambda's runtime would.
+RUN /opt/router/.venv/bin/pip install '.[examples]'
+
+FROM python:3.11-slim
+RUN groupadd --system --gid 10001 router \
+ && useradd --system --uid 10001 --gid router --home-dir /var/lib/router --no-create-home \
+        --shell /usr/sbin/nologin router \
+ && install -d -o router -g router -m 0750 /var/lib/router \
+ && install -d -m 0755 /etc/router
+COPY --from=build /opt/router/.venv /opt/router/.venv
+ENV PATH=/opt/router/.venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    ROUTER_CONFIG=/etc/router/router.yaml
+WORKDIR /var/lib/router
+USER 10001:10001
+EXPOSE 9000
+# Kubernetes uses its own probes (deployment.yaml); this serves plain `docker run` and compose.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/healthz', timeout=4)"]
+# SIGTERM starts the drain (in-flight invocations finish, checkpoints are written); give
+# `docker stop -t` more than shutdown_timeout_seconds.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["router", "run"]

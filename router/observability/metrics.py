@@ -63,6 +63,10 @@ class Metrics:
         self.async_events_received = Counter(
             "router_async_events_received", "Events accepted into the asynchronous queue.",
             ["mapping"], registry=r)
+        self.async_events_dropped = Counter(
+            "router_async_events_dropped", "Async events given up without a successful execution "
+            "(Lambda's AsyncEventsDropped), by condition; sent on to on_failure when configured.",
+            ["mapping", "condition"], registry=r)
         self.duplicate_notifications = Counter(
             "router_duplicate_notifications", "Notifications dropped as duplicates of accepted ones.",
             ["mapping"], registry=r)

@@ -31,6 +31,7 @@ The `/status` document (built by the composition root from each part's `status()
               "in_flight": 1                                       # batches being processed
             }
           },
+          "transport": "mqtt" | "webhook",                         # bucket mappings only
           "queue": {"depth": 3, "oldest_age_seconds": 12.5},       # bucket mappings: async queue
           "last_error": "ValueError: bad record" | null
         }

@@ -1,0 +1,100 @@
+"""Kafka records become Kinesis event records byte for byte, and the size arithmetic is exact."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+
+import pytest
+
+from router.config import load_config_data
+from router.events.kinesis import (
+    MAX_INVOCATION_PAYLOAD_BYTES,
+    KinesisEventBuilder,
+    event_size,
+    offset_of,
+    partition_of,
+    sequence_number,
+    shard_id,
+)
+
+
+@pytest.fixture
+def builder() -> KinesisEventBuilder:
+    config = load_config_data(
+        {"region": "eu-west-1", "account_id": "123456789012", "functions": {"metrics": {"handler": "m.handler"}},
+         "kafka": {}, "event_source_mappings": {"clicks": {"function_name": "metrics", "kafka_topic": "clicks"}}},
+        {},
+    )
+    return KinesisEventBuilder(config, topic="clicks", function="metrics", partition=3)
+
+
+def test_record_has_every_field_of_the_aws_shape(builder: KinesisEventBuilder) -> None:
+    record = builder.stream_record(42, b"user-1", b"Hello, this is a test.", 1545084650987)
+    assert builder.record(record) == {
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": "user-1",
+            "sequenceNumber": "42",
+            "data": "SGVsbG8sIHRoaXMgaXMgYSB0ZXN0Lg==",
+            "approximateArrivalTimestamp": 1545084650.987,
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": "shardId-000000000003:42",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": "arn:aws:iam::123456789012:role/metrics-role",
+        "awsRegion": "eu-west-1",
+        "eventSourceARN": "arn:aws:kinesis:eu-west-1:123456789012:stream/clicks",
+    }
+
+
+def test_data_is_the_exact_bytes_even_when_binary_or_empty(builder: KinesisEventBuilder) -> None:
+    raw = bytes(range(256)) + b'{"not": "re-encoded"}  '
+    rec = builder.record(builder.stream_record(0, b"k", raw, 0))
+    assert base64.b64decode(rec["kinesis"]["data"]) == raw
+    assert builder.record(builder.stream_record(1, b"k", None, 0))["kinesis"]["data"] == ""
+    assert builder.record(builder.stream_record(2, b"k", b"", 0))["kinesis"]["data"] == ""
+
+
+def test_partition_key_fallbacks_are_stable(builder: KinesisEventBuilder) -> None:
+    assert builder.stream_record(7, None, b"x", 0).partition_key == "7"
+    binary = b"\xff\xfe\x00k"
+    key = builder.stream_record(8, binary, b"x", 0).partition_key
+    assert key == base64.b64encode(binary).decode() and key == builder.stream_record(9, binary, b"y", 1).partition_key
+    assert builder.stream_record(10, "clé-ü".encode(), b"x", 0).partition_key == "clé-ü"
+
+
+def test_sequence_numbers_round_trip_and_shard_ids_parse() -> None:
+    for offset in (0, 1, 9, 10, 123456789, 2**63 - 1):
+        assert offset_of(sequence_number(offset)) == offset
+    for bad in ("", "01", "-1", "1.0", " 1", "abc"):
+        with pytest.raises(ValueError):
+            offset_of(bad)
+    assert shard_id(3) == "shardId-000000000003" and partition_of("shardId-000000000003") == 3
+    with pytest.raises(ValueError):
+        partition_of("shardId-3")
+
+
+def test_size_arithmetic_matches_json_dumps(builder: KinesisEventBuilder) -> None:
+    rng = random.Random(7)
+    keys: list[bytes | None] = [None, b"", b"plain", b'q"uote\\', "ünï€😀".encode(), b"\x00\x1f\x7f", b"\xff\xfe",
+                                b"tab\tnl\n"]
+    records = []
+    for i in range(300):
+        offset = rng.choice([0, 5, 99, 10**6, 2**40 + i])
+        value = rng.randbytes(rng.choice([0, 1, 2, 3, 4, 100, 1001])) if i % 7 else None
+        ts = rng.choice([0, -1, 1, 1545084650987, 1700000000123, 1700000000100])
+        record = builder.stream_record(offset, rng.choice(keys), value, ts)
+        assert record.size == len(json.dumps(builder.record(record))), record
+        records.append(record)
+    for n in (0, 1, 2, 57):
+        assert event_size(records[:n]) == len(json.dumps(builder.event(records[:n])))
+
+
+def test_event_is_in_the_order_given(builder: KinesisEventBuilder) -> None:
+    records = [builder.stream_record(o, b"k", b"v", 0) for o in (5, 6, 9)]
+    event = builder.event(records)
+    assert [r["kinesis"]["sequenceNumber"] for r in event["Records"]] == ["5", "6", "9"]
+    assert MAX_INVOCATION_PAYLOAD_BYTES == 6 * 1024 * 1024

@@ -7,10 +7,20 @@ the caller can keep the checkpoint (or the queued event) where it is and retry w
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import structlog
+
+from router.config import Config
+from router.observability.metrics import Metrics
+
+T = TypeVar("T")
 
 
 class DestinationError(Exception):
@@ -48,3 +58,152 @@ def async_record_key(mapping: str, function: str, now: datetime | None = None) -
         f"aws/lambda/{esm_uuid(mapping)}/{function}/{now:%Y/%m/%d}/"
         f"{now:%Y-%m-%dT%H.%M.%S}-{uuid.uuid4()}"
     )
+
+
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """Compact JSON, UTF-8: what every destination stores (S3 object body, Kafka value, MQTT payload)."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+C = TypeVar("C")
+
+
+class SharedConnection(Generic[C]):
+    """One lazily opened client shared by every destination of a scheme, replaced after a failure.
+
+    Sharing matters: all mqtt:// destinations must use one MQTT connection (one client id), and
+    one Kafka producer serves every kafka:// topic. A failed operation closes the client it used
+    (not a newer one another task already opened) so the next send reconnects. Every step is
+    bounded by `timeout`: a send to a broker that is down fails promptly instead of hanging.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        connect: Callable[[], Awaitable[C]],
+        disconnect: Callable[[C], Awaitable[None]],
+        *,
+        timeout: float,
+        metrics: Metrics | None = None,
+        log: Any = None,
+    ) -> None:
+        self.name = name
+        self._connect = connect
+        self._disconnect = disconnect
+        self.timeout = timeout
+        self._metrics = metrics
+        self._log = log or structlog.get_logger("router.destinations")
+        self._client: C | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    async def run(self, what: str, op: Callable[[C], Awaitable[T]]) -> T:
+        """Run `op` on the (possibly new) client; any failure becomes DestinationError."""
+        client = await self._get()
+        try:
+            return await asyncio.wait_for(op(client), self.timeout)
+        except Exception as exc:
+            await self._drop(client)
+            raise DestinationError(f"{what}: {_describe(exc)}") from exc
+
+    async def _get(self) -> C:
+        if self._closed:
+            raise DestinationError(f"{self.name}: destinations are closed")
+        async with self._lock:
+            if self._client is not None:
+                return self._client
+            try:
+                client = await asyncio.wait_for(self._connect(), self.timeout)
+            except Exception as exc:
+                self._set_connected(False)
+                raise DestinationError(f"{self.name}: cannot connect: {_describe(exc)}") from exc
+            self._client = client
+            self._set_connected(True)
+            self._log.info("destination.connected", destination=self.name)
+            return client
+
+    async def _drop(self, client: C) -> None:
+        async with self._lock:
+            if self._client is not client:
+                return  # someone already replaced it
+            self._client = None
+            self._set_connected(False)
+        await self._close_quietly(client)
+
+    async def _close_quietly(self, client: C) -> None:
+        try:
+            await asyncio.wait_for(self._disconnect(client), self.timeout)
+        except Exception as exc:  # closing a broken client may fail too; it is gone either way
+            self._log.debug("destination.close_failed", destination=self.name, error_type=type(exc).__name__)
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            await self._close_quietly(client)
+            self._set_connected(False)
+
+    def _set_connected(self, up: bool) -> None:
+        if self._metrics is not None:
+            self._metrics.broker_connected.labels(broker=self.name).set(1 if up else 0)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+class DestinationFactory:
+    """Builds and caches one Destination per URI; the clients behind them are shared per scheme
+    and connect on first use, so a configured but unused destination never needs its broker."""
+
+    def __init__(
+        self, config: Config, *, metrics: Metrics | None = None, log: Any = None, timeout: float = 10.0
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._log = log or structlog.get_logger("router.destinations")
+        self._timeout = timeout
+        self._destinations: dict[str, Destination] = {}
+        self._connections: dict[str, SharedConnection[Any]] = {}
+
+    def get(self, uri: str) -> Destination:
+        found = self._destinations.get(uri)
+        if found is not None:
+            return found
+        parts = urlsplit(uri)
+        name = parts.netloc
+        path = parts.path.lstrip("/")
+        destination: Destination
+        if parts.scheme == "kafka":
+            from router.delivery.kafka_destination import KafkaDestination, kafka_connection
+
+            topic = f"{name}/{path}" if path else name
+            destination = KafkaDestination(uri, topic, self._connection("kafka", kafka_connection))
+        elif parts.scheme == "s3":
+            from router.delivery.s3_destination import S3Destination, s3_connection
+
+            destination = S3Destination(uri, name, path, self._connection("s3", s3_connection))
+        elif parts.scheme == "mqtt":
+            from router.delivery.mqtt_destination import MqttDestination, mqtt_connection
+
+            topic = f"{name}/{path}" if path else name
+            destination = MqttDestination(uri, topic, self._connection("mqtt", mqtt_connection))
+        else:
+            raise ValueError(f"{uri}: not a kafka://, s3:// or mqtt:// destination")
+        self._destinations[uri] = destination
+        return destination
+
+    def _connection(
+        self, scheme: str, build: Callable[..., SharedConnection[Any]]
+    ) -> SharedConnection[Any]:
+        connection = self._connections.get(scheme)
+        if connection is None:
+            connection = build(self._config, timeout=self._timeout, metrics=self._metrics, log=self._log)
+            self._connections[scheme] = connection
+        return connection
+
+    async def close(self) -> None:
+        connections = list(self._connections.values())
+        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)

@@ -1,0 +1,474 @@
+"""The durable asynchronous invocation queue: one SQLite file in `state_dir`.
+
+Why SQLite: an accepted notification must survive a crash of the daemon or the machine, and an
+MQTT PUBACK or a webhook 200 is only sent after `enqueue` returns. WAL with synchronous=FULL makes
+each commit durable; concurrent callers are group-committed (one fsync for everything that arrived
+while the previous commit was running), so durability does not cost one fsync per notification.
+
+Claims are deliberately *not* persisted. An event being worked on is only marked in memory, so after
+a restart (clean or SIGKILL) every unfinished event is simply due again: at-least-once, never lost.
+The row is changed only when an attempt's outcome is known (rescheduled, parked for a destination
+write, or deleted once done).
+
+All SQLite work runs on one dedicated thread, which also owns the in-memory claim set, so a claim
+can never race a completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from router.observability.metrics import Metrics
+
+T = TypeVar("T")
+Stage = Literal["invoke", "deliver"]
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    mapping           TEXT    NOT NULL,
+    function          TEXT    NOT NULL,
+    event             TEXT    NOT NULL,
+    request_id        TEXT    NOT NULL,
+    dedup_key         TEXT,
+    accepted_at       REAL    NOT NULL,
+    due_at            REAL    NOT NULL,
+    stage             TEXT    NOT NULL DEFAULT 'invoke',
+    invoke_count      INTEGER NOT NULL DEFAULT 0,
+    system_errors     INTEGER NOT NULL DEFAULT 0,
+    last_response     TEXT,
+    delivery          TEXT,
+    delivery_attempts INTEGER NOT NULL DEFAULT 0,
+    last_error        TEXT
+);
+CREATE INDEX IF NOT EXISTS events_lane ON events (mapping, stage, due_at, id);
+CREATE TABLE IF NOT EXISTS dedup (
+    mapping     TEXT NOT NULL,
+    dedup_key   TEXT NOT NULL,
+    accepted_at REAL NOT NULL,
+    PRIMARY KEY (mapping, dedup_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_age ON dedup (accepted_at);
+"""
+
+
+class QueueClosed(RuntimeError):
+    """The queue is not open (before `open` or after `close`)."""
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    mapping: str
+    function: str
+    event: dict[str, Any]  # the invocation payload, e.g. {"Records": [s3 record]}
+    dedup_key: str | None = None  # bucket, key, version/eTag, sequencer, event name → str
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class LastResponse:
+    """The most recent attempt's result, kept so a record can be written after a restart."""
+
+    request_id: str
+    payload: Any
+    function_error: str | None
+    error_type: str | None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"request_id": self.request_id, "payload": self.payload,
+             "function_error": self.function_error, "error_type": self.error_type},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> LastResponse | None:
+        if not text:
+            return None
+        data = json.loads(text)
+        return cls(data["request_id"], data.get("payload"), data.get("function_error"), data.get("error_type"))
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    """A destination record decided on but not yet durably written to its destination.
+
+    The object key is fixed when the record is built, so a retried S3 write after an ambiguous
+    failure overwrites the same object rather than adding a second one.
+    """
+
+    uri: str
+    key: str
+    kind: Literal["on_failure", "on_success"]
+    condition: str
+    record: dict[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"uri": self.uri, "key": self.key, "kind": self.kind, "condition": self.condition,
+             "record": self.record},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | None) -> PendingDelivery | None:
+        if not text:
+            return None
+        data = json.loads(text)
+        return cls(data["uri"], data["key"], data["kind"], data["condition"], data["record"])
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as the dispatcher sees it after a claim."""
+
+    id: int
+    mapping: str
+    function: str
+    event: dict[str, Any]
+    request_id: str
+    accepted_at: float
+    due_at: float
+    stage: Stage
+    invoke_count: int
+    system_errors: int
+    last_response: LastResponse | None
+    delivery: PendingDelivery | None
+    delivery_attempts: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    events: list[StoredEvent]
+    # When the lane's next unclaimed event becomes due (None: nothing else waiting).
+    next_due: float | None
+
+
+@dataclass(frozen=True)
+class MappingStats:
+    depth: int
+    oldest_accepted_at: float | None
+    retries_scheduled: int
+    awaiting_delivery: int
+
+
+@dataclass
+class _Write:
+    run: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    unclaim: int | None = None
+
+
+_COLUMNS = (
+    "id, mapping, function, event, request_id, accepted_at, due_at, stage, invoke_count, "
+    "system_errors, last_response, delivery, delivery_attempts"
+)
+
+
+def _row_to_event(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(
+        id=row[0], mapping=row[1], function=row[2], event=json.loads(row[3]), request_id=row[4],
+        accepted_at=row[5], due_at=row[6], stage=row[7], invoke_count=row[8], system_errors=row[9],
+        last_response=LastResponse.from_json(row[10]), delivery=PendingDelivery.from_json(row[11]),
+        delivery_attempts=row[12],
+    )
+
+
+class AsyncQueue:
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, metrics: Metrics | None = None
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self.metrics = metrics
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._claimed: set[int] = set()  # touched only on the SQLite thread
+        self._pending: list[_Write] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="async-queue")
+        try:
+            await self._call(self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _open_sync(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"{self.path}: cannot use WAL journal mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("BEGIN IMMEDIATE")
+            # One statement at a time: executescript() would commit behind our transaction's back.
+            for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._claimed.clear()
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+        executor = self._executor
+        await self._call(self._close_sync)
+        self._executor = None
+        executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._claimed.clear()
+
+    @property
+    def is_open(self) -> bool:
+        return self._executor is not None
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise QueueClosed("the asynchronous queue is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise QueueClosed("the asynchronous queue is not open")
+        return self._conn
+
+    async def _write(self, run: Callable[[sqlite3.Connection], T], *, unclaim: int | None = None) -> T:
+        """Run `run` inside the next group commit; returns only after that commit is durable."""
+        if self._executor is None:
+            raise QueueClosed("the asynchronous queue is not open")
+        loop = asyncio.get_running_loop()
+        write = _Write(run, loop.create_future(), unclaim)
+        self._pending.append(write)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        result: T = await asyncio.shield(write.future)
+        return result
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                outcomes = await self._call(functools.partial(self._commit_sync, batch))
+            except BaseException as exc:
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(exc if isinstance(exc, Exception) else QueueClosed(str(exc)))
+                continue
+            for write, (ok, value) in zip(batch, outcomes, strict=True):
+                if write.future.done():
+                    continue
+                if ok:
+                    write.future.set_result(value)
+                else:
+                    write.future.set_exception(value)
+
+    def _commit_sync(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
+        """One transaction for the whole batch; each write in its own savepoint (all-or-nothing)."""
+        conn = self._db()
+        outcomes: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for write in batch:
+                conn.execute("SAVEPOINT one_write")
+                try:
+                    value = write.run(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO one_write")
+                    conn.execute("RELEASE one_write")
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute("RELEASE one_write")
+                    outcomes.append((True, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        for write, (ok, _) in zip(batch, outcomes, strict=True):
+            if ok and write.unclaim is not None:
+                self._claimed.discard(write.unclaim)
+        return outcomes
+
+    # -- accepting events --------------------------------------------------------------------------
+
+    async def enqueue(self, events: Sequence[QueuedEvent], *, dedup_window: float) -> EnqueueResult:
+        """Durably queue `events` (all or none); drop those whose dedup key was accepted within
+        `dedup_window` seconds for the same mapping. Returns after the commit is on disk."""
+        if not events:
+            return EnqueueResult(0, 0)
+        now = self._clock()
+        rows = [
+            (e.mapping, e.function, json.dumps(e.event, separators=(",", ":")), str(uuid.uuid4()), e.dedup_key)
+            for e in events
+        ]
+
+        def run(conn: sqlite3.Connection) -> list[tuple[str, bool]]:
+            outcome: list[tuple[str, bool]] = []
+            for mapping, function, event, request_id, dedup_key in rows:
+                if dedup_key is not None:
+                    seen = conn.execute(
+                        "SELECT accepted_at FROM dedup WHERE mapping = ? AND dedup_key = ?",
+                        (mapping, dedup_key),
+                    ).fetchone()
+                    if seen is not None and seen[0] >= now - dedup_window:
+                        outcome.append((mapping, False))
+                        continue
+                    conn.execute(
+                        "INSERT OR REPLACE INTO dedup (mapping, dedup_key, accepted_at) VALUES (?, ?, ?)",
+                        (mapping, dedup_key, now),
+                    )
+                conn.execute(
+                    "INSERT INTO events (mapping, function, event, request_id, dedup_key, accepted_at, due_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (mapping, function, event, request_id, dedup_key, now, now),
+                )
+                outcome.append((mapping, True))
+            return outcome
+
+        outcome = await self._write(run)
+        accepted = sum(1 for _, ok in outcome if ok)
+        if self.metrics is not None:
+            for mapping, ok in outcome:
+                counter = self.metrics.async_events_received if ok else self.metrics.duplicate_notifications
+                counter.labels(mapping=mapping).inc()
+        return EnqueueResult(accepted=accepted, duplicates=len(outcome) - accepted)
+
+    # -- dispatching -------------------------------------------------------------------------------
+
+    async def claim(self, mapping: str, stage: Stage, limit: int) -> Claim:
+        """Take up to `limit` due, unclaimed events of one lane (a mapping and a stage), oldest due first."""
+        now = self._clock()
+
+        def run() -> Claim:
+            conn = self._db()
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE mapping = ? AND stage = ? ORDER BY due_at, id LIMIT ?",
+                (mapping, stage, max(limit, 0) + len(self._claimed) + 1),
+            ).fetchall()
+            taken: list[StoredEvent] = []
+            next_due: float | None = None
+            for row in rows:
+                if row[0] in self._claimed:
+                    continue
+                if len(taken) < limit and row[6] <= now:
+                    taken.append(_row_to_event(row))
+                    self._claimed.add(row[0])
+                    continue
+                next_due = row[6]
+                break
+            return Claim(taken, next_due)
+
+        return await self._call(run)
+
+    async def release(self, event_id: int) -> None:
+        """Give a claimed event back unchanged (shutdown); it is due again at once."""
+        if self._executor is None:
+            return
+        await self._call(lambda: self._claimed.discard(event_id))
+
+    async def complete(self, event_id: int) -> None:
+        """The event is finished (its record, if any, was written): forget it."""
+        await self._write(lambda conn: conn.execute("DELETE FROM events WHERE id = ?", (event_id,)),
+                          unclaim=event_id)
+
+    async def reschedule(
+        self,
+        event_id: int,
+        *,
+        due_at: float,
+        invoke_count: int,
+        system_errors: int,
+        last_response: LastResponse | None,
+        last_error: str | None,
+    ) -> None:
+        """Record an attempt's failure and when to try again; the claim ends after the commit."""
+        response = last_response.to_json() if last_response is not None else None
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE events SET due_at = ?, invoke_count = ?, system_errors = ?,"
+                " last_response = COALESCE(?, last_response), last_error = ? WHERE id = ?",
+                (due_at, invoke_count, system_errors, response, last_error, event_id),
+            )
+
+        await self._write(run, unclaim=event_id)
+
+    async def park_delivery(
+        self,
+        event_id: int,
+        *,
+        delivery: PendingDelivery,
+        due_at: float,
+        delivery_attempts: int,
+        invoke_count: int,
+        last_error: str | None,
+    ) -> None:
+        """The function is done with this event but its destination write failed: keep the record
+        and write it later without invoking the function again."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE events SET stage = 'deliver', delivery = ?, due_at = ?, delivery_attempts = ?,"
+                " invoke_count = ?, last_error = ? WHERE id = ?",
+                (delivery.to_json(), due_at, delivery_attempts, invoke_count, last_error, event_id),
+            )
+
+        await self._write(run, unclaim=event_id)
+
+    # -- observing ---------------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, MappingStats]:
+        def run() -> dict[str, MappingStats]:
+            rows = self._db().execute(
+                "SELECT mapping, COUNT(*), MIN(accepted_at),"
+                " SUM(stage = 'invoke' AND invoke_count + system_errors > 0), SUM(stage = 'deliver')"
+                " FROM events GROUP BY mapping"
+            ).fetchall()
+            return {r[0]: MappingStats(r[1], r[2], r[3] or 0, r[4] or 0) for r in rows}
+
+        return await self._call(run)
+
+    async def prune_dedup(self, older_than: float) -> int:
+        """Forget dedup keys accepted before `older_than` (epoch seconds); returns how many."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM dedup WHERE accepted_at < ?", (older_than,)).rowcount
+
+        return await self._write(run)

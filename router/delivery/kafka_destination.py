@@ -1,0 +1,83 @@
+"""kafka://TOPIC destinations: one aiokafka producer (acks=all) shared by every topic.
+
+acks="all" is what makes `send` mean "durably written": the broker answers only once every in-sync
+replica has the record, so a checkpoint or a queued event can be released after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context
+
+from router.config import Config, KafkaConfig
+from router.delivery.destinations import DestinationError, SharedConnection, encode_record
+from router.observability.metrics import Metrics
+
+# Lambda's largest asynchronous payload is 1 MB; a record carries it plus the response.
+MAX_RECORD_BYTES = 8 * 1024 * 1024
+
+
+def producer_options(kafka: KafkaConfig, *, timeout: float) -> dict[str, Any]:
+    """aiokafka keyword arguments for the configured security settings and our time bounds."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": f"{kafka.client_id}-dest",
+        "acks": "all",
+        "request_timeout_ms": max(int(timeout * 1000), 1000),
+        "retry_backoff_ms": 200,
+        "max_request_size": MAX_RECORD_BYTES,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+        )
+    if kafka.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    return options
+
+
+def kafka_connection(
+    config: Config, *, timeout: float, metrics: Metrics | None = None, log: Any = None
+) -> SharedConnection[AIOKafkaProducer]:
+    kafka = config.kafka
+
+    async def connect() -> AIOKafkaProducer:
+        if kafka is None:
+            raise DestinationError("kafka:// destination needs a kafka section")
+        producer = AIOKafkaProducer(**producer_options(kafka, timeout=timeout))
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def disconnect(producer: AIOKafkaProducer) -> None:
+        await producer.stop()
+
+    return SharedConnection(
+        "kafka-destination", connect, disconnect, timeout=timeout, metrics=metrics, log=log
+    )
+
+
+class KafkaDestination:
+    def __init__(self, uri: str, topic: str, connection: SharedConnection[AIOKafkaProducer]) -> None:
+        self.uri = uri
+        self.topic = topic
+        self._connection = connection
+
+    async def send(self, record: Mapping[str, Any], *, key: str) -> None:
+        value = encode_record(record)
+
+        async def produce(producer: AIOKafkaProducer) -> None:
+            await producer.send_and_wait(self.topic, value=value, key=key.encode("utf-8"))
+
+        await self._connection.run(self.uri, produce)

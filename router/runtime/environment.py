@@ -1,0 +1,343 @@
+"""The daemon's side of one execution environment: its process, its connection, its lifecycle.
+
+All waiting is asyncio: the worker's socket is an asyncio transport (so a chatty handler or a
+6 MB response never blocks the event loop), and the process's exit is watched through a pidfd
+(exit is noticed even if the handler forked children that still hold our sockets), falling back
+to multiprocessing's sentinel pipe where pidfds do not exist.
+
+An environment is in exactly one state: starting, idle, busy or dead. Every way out of it
+(graceful stop, timeout, memory kill, crash) ends in the same place, `_reaped`, which resolves
+whatever the caller was waiting for with an `Exited` describing why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.context import SpawnContext, SpawnProcess
+from typing import Any, Literal
+
+import psutil
+
+from router.runtime import protocol, worker
+
+State = Literal["starting", "idle", "busy", "dead"]
+# Why the daemon ended an environment; None when it died on its own (a crash). "init" and "oom"
+# also cover a worker that reported the problem itself and exited.
+KillReason = Literal["timeout", "oom", "init", "stop", "cancelled", "lost"]
+
+# A worker that closed its connection but is still running cannot be used again.
+_LOST_CONNECTION_GRACE = 0.5
+# After the process exits, what it wrote last (its result, its last log lines) may still sit in
+# the socket; wait this long for EOF before declaring it dead. Bounded, because children the
+# handler forked may hold the socket open.
+_DRAIN_GRACE = 1.0
+# SIGKILL is not instant for a process in uninterruptible sleep; don't wait for it forever.
+_REAP_GIVE_UP = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    exitcode: int | None
+    reason: KillReason | None
+    peak_rss_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    init_ms: float
+    error: dict[str, Any] | None  # Lambda's error JSON when the init phase failed
+
+
+LogCallback = Callable[["ExecutionEnvironment", str | None, str, str], None]
+ExitCallback = Callable[["ExecutionEnvironment", Exited], None]
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, env: ExecutionEnvironment) -> None:
+        self._env = env
+        self._decoder = protocol.FrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        for message in self._decoder.feed(data):
+            self._env._on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._env._on_connection_lost()
+
+
+class ExecutionEnvironment:
+    def __init__(
+        self,
+        spec: protocol.WorkerSpec,
+        mp_context: SpawnContext,
+        *,
+        on_log: LogCallback,
+        on_exit: ExitCallback,
+    ) -> None:
+        self.spec = spec
+        self.state: State = "starting"
+        self.invocations = 0
+        self.peak_rss_bytes = 0
+        self._mp = mp_context
+        self._on_log = on_log
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self._process: SpawnProcess | None = None
+        self._pid: int | None = None
+        self._ps: psutil.Process | None = None
+        self._transport: asyncio.Transport | None = None
+        self._exit_fd: int | None = None
+        self._owns_exit_fd = False
+        self._pending: asyncio.Future[protocol.Frame | Exited] | None = None
+        self._kill_reason: KillReason | None = None
+        self._exited: asyncio.Future[Exited] = self._loop.create_future()
+        self._exit_seen = False
+        self._connection_lost = False
+        self._reaping = False
+
+    # -- facts ------------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def alive(self) -> bool:
+        return self.state != "dead" and self._kill_reason is None
+
+    def sample_rss(self) -> int | None:
+        """Current RSS in bytes (also folded into the peak), or None if the process is gone."""
+        if self._ps is None or self.state == "dead":
+            return None
+        try:
+            rss = int(self._ps.memory_info().rss)
+        except (psutil.Error, OSError):
+            return None
+        if rss > self.peak_rss_bytes:
+            self.peak_rss_bytes = rss
+        return rss
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self, timeout: float) -> Ready | Exited:
+        """Spawn the worker and wait for its init phase (the handler import) to finish."""
+        started = time.perf_counter()
+        parent_conn, child_conn = self._mp.Pipe(duplex=True)
+        process = self._mp.Process(
+            target=worker.main,
+            args=(child_conn, self.spec),
+            name=f"router-env-{self.spec.function_name}",
+            daemon=True,
+        )
+        try:
+            process.start()
+        finally:
+            child_conn.close()
+        self._process = process
+        self._pid = process.pid
+        self._watch_exit(process)
+        with contextlib.suppress(psutil.Error):
+            self._ps = psutil.Process(process.pid)
+        sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
+        parent_conn.close()
+        sock.setblocking(False)
+        self._pending = self._loop.create_future()
+        transport, _ = await self._loop.create_unix_connection(lambda: _Connection(self), sock=sock)
+        if self.state == "dead":
+            transport.close()
+        else:
+            self._transport = transport
+        outcome = await self._wait(timeout, "timeout")
+        if isinstance(outcome, Exited):
+            return outcome
+        # Like Lambda's Init Duration, this covers starting the runtime as well as the import.
+        init_ms = (time.perf_counter() - started) * 1000
+        header = outcome.header
+        if not header.get("ok"):
+            # The worker exits after a failed init (see _on_message); Lambda retries init with a
+            # fresh environment at the next invoke.
+            return Ready(init_ms, header.get("error") or {})
+        self.state = "idle"
+        return Ready(init_ms, None)
+
+    async def invoke(self, message: bytes, timeout: float) -> protocol.Frame | Exited:
+        """Send one INVOKE and wait for its RESULT, killing the environment at the deadline."""
+        if self.state != "idle" or self._transport is None:
+            raise RuntimeError(f"environment is {self.state}, not idle")
+        self.state = "busy"
+        self.invocations += 1
+        self._pending = self._loop.create_future()
+        self._transport.writelines(protocol.wire(message))
+        outcome = await self._wait(timeout, "timeout")
+        if not isinstance(outcome, Exited) and self.state == "busy" and self._kill_reason is None:
+            self.state = "idle"
+        return outcome
+
+    async def _wait(self, timeout: float, reason: KillReason) -> protocol.Frame | Exited:
+        pending = self._pending
+        assert pending is not None
+        timer = self._loop.call_later(max(timeout, 0.0), self.kill, reason)
+        try:
+            return await pending
+        except asyncio.CancelledError:
+            # The handler is still running and nobody will read its result: end it.
+            self.kill("cancelled")
+            raise
+        finally:
+            timer.cancel()
+            self._pending = None
+
+    def kill(self, reason: KillReason) -> None:
+        """SIGKILL the environment's whole process group; waiters learn about it once it is reaped."""
+        if self.state == "dead" or self._kill_reason is not None:
+            return
+        self._kill_reason = reason
+        self._signal_group(signal.SIGKILL)
+        self._loop.call_later(_REAP_GIVE_UP, self._give_up_reaping)
+
+    async def stop(self, grace: float) -> Exited:
+        """Ask the worker to exit after its current invocation, then escalate: SIGTERM, SIGKILL."""
+        if self.state == "dead":
+            return await self._exited
+        if self._kill_reason is None and self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(protocol.wire(protocol.encode(protocol.STOP, {})))
+        for signum, wait in ((None, grace), (signal.SIGTERM, 1.0)):
+            if signum is not None and self._kill_reason is None:
+                self._signal_group(signum)
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(self._exited), wait)
+        self.kill("stop")
+        return await asyncio.shield(self._exited)
+
+    async def wait_exited(self) -> Exited:
+        return await asyncio.shield(self._exited)
+
+    # -- the process ------------------------------------------------------------------------------
+
+    def _signal_group(self, signum: int) -> None:
+        pid = self.pid
+        if pid is None or self.state == "dead":
+            return  # once reaped, the pid may belong to someone else
+        try:
+            os.killpg(pid, signum)  # the worker made itself a group leader at start
+        except ProcessLookupError:
+            # Not yet a group leader (just spawned), or already gone.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+
+    def _watch_exit(self, process: SpawnProcess) -> None:
+        assert process.pid is not None
+        try:
+            self._exit_fd = os.pidfd_open(process.pid)
+            self._owns_exit_fd = True
+        except (AttributeError, OSError):
+            self._exit_fd = process.sentinel
+        self._loop.add_reader(self._exit_fd, self._on_process_exit)
+
+    def _on_process_exit(self) -> None:
+        if self._exit_fd is not None:
+            self._loop.remove_reader(self._exit_fd)
+        if self._exit_seen:
+            return
+        self._exit_seen = True
+        # While the worker is a zombie its pid cannot be reused: a safe moment to sweep its group
+        # (anything the handler started, which may also hold our socket open).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if self.pid is not None:
+                os.killpg(self.pid, signal.SIGKILL)
+        if self._transport is None or self._connection_lost:
+            self._start_reaping()
+        else:
+            self._loop.call_later(_DRAIN_GRACE, self._start_reaping)
+
+    def _start_reaping(self) -> None:
+        if not self._reaping:
+            self._reaping = True
+            self._reap(time.monotonic())
+
+    def _reap(self, since: float) -> None:
+        process = self._process
+        assert process is not None
+        exitcode = process.exitcode  # waitpid(WNOHANG)
+        if exitcode is None and time.monotonic() - since < _REAP_GIVE_UP:
+            # The sentinel pipe can close a moment before the process becomes reapable.
+            self._loop.call_later(0.002, self._reap, since)
+            return
+        self._finish(exitcode)
+
+    def _give_up_reaping(self) -> None:
+        if self.state != "dead":
+            self._finish(None)
+
+    def _finish(self, exitcode: int | None) -> None:
+        if self.state == "dead":
+            return
+        self.state = "dead"
+        if self._exit_fd is not None:
+            self._loop.remove_reader(self._exit_fd)
+            if self._owns_exit_fd:
+                with contextlib.suppress(OSError):
+                    os.close(self._exit_fd)
+            self._exit_fd = None
+        if self._transport is not None:
+            self._transport.close()
+        if self._process is not None and exitcode is not None:
+            with contextlib.suppress(ValueError):
+                self._process.close()
+        exited = Exited(exitcode, self._kill_reason, self.peak_rss_bytes)
+        if not self._exited.done():
+            self._exited.set_result(exited)
+        if self._pending is not None and not self._pending.done():
+            self._pending.set_result(exited)
+        self._on_exit(self, exited)
+
+    # -- the connection ---------------------------------------------------------------------------
+
+    def _on_message(self, message: bytes) -> None:
+        frame = protocol.decode(message)
+        kind, header = frame.kind, frame.header
+        if kind == protocol.LOG:
+            text = frame.body.decode("utf-8", "replace")
+            self._on_log(self, header.get("id"), header.get("s", "stdout"), text)
+            return
+        rss_kb = header.get("rss_kb")
+        if rss_kb is not None and rss_kb * 1024 > self.peak_rss_bytes:
+            self.peak_rss_bytes = rss_kb * 1024
+        if kind == protocol.READY and not header.get("ok"):
+            self._retire("init")
+        elif kind == protocol.RESULT and header.get("retire"):
+            self._retire("oom")
+        pending = self._pending
+        if pending is not None and not pending.done():
+            pending.set_result(frame)
+
+    def _retire(self, reason: KillReason) -> None:
+        """The worker said it will exit; decided here, before its EOF can be processed, so the
+        exit is never mistaken for a crash."""
+        if self._kill_reason is None:
+            self._kill_reason = reason
+            self._loop.call_later(_LOST_CONNECTION_GRACE, self._signal_group, signal.SIGKILL)
+            self._loop.call_later(_REAP_GIVE_UP, self._give_up_reaping)
+
+    def _on_connection_lost(self) -> None:
+        self._connection_lost = True
+        if self.state == "dead":
+            return
+        if self._exit_seen:
+            self._start_reaping()
+        else:
+            self._loop.call_later(_LOST_CONNECTION_GRACE, self._lost)
+
+    def _lost(self) -> None:
+        if self.state != "dead" and self._kill_reason is None:
+            self.kill("lost")

@@ -1,0 +1,535 @@
+"""The worker pool: execution environments per function, Lambda's concurrency and failure rules.
+
+Callers (stream mappings, the asynchronous invoker, `router invoke`) hand it an event and get an
+`InvocationResult` back; it knows nothing about where events come from. Per function it keeps at
+most `reserved_concurrent_executions` environments, started lazily (a cold start is the first
+invocation that finds none idle) and reused warm. When all are busy, further invocations wait in
+FIFO order for one to free up; they are never dropped. With reserved concurrency 0 every
+invocation is throttled at once, as Lambda throttles: an error result with errorType
+`TooManyRequestsException` and errorMessage "Rate Exceeded." (no environment is involved, the
+handler never runs, and the `invocations` metric counts it under outcome "throttled").
+
+Every way an environment can end — timeout, crash, memory, failed init — costs only that
+environment: the invocation gets Lambda's error, the process group is killed and reaped, and the
+next invocation starts a fresh one (module globals re-initialised, files in /tmp kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import math
+import multiprocessing
+import os
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from router.config import Config, FunctionConfig
+from router.observability.metrics import Metrics
+from router.runtime import errors, protocol
+from router.runtime.context import FUNCTION_VERSION, new_log_stream_name
+from router.runtime.environment import ExecutionEnvironment, Exited, Ready
+from router.runtime.result import InvocationResult, UnknownFunction
+
+InvocationType = Literal["RequestResponse", "Event"]
+
+# Lambda's init phase limit. Init that runs longer eats into the function timeout, as Lambda's
+# re-run of a timed-out init does within the first invoke.
+INIT_TIMEOUT_SECONDS = 10.0
+# How often the RSS of busy environments is checked against memory_size.
+MEMORY_WATCH_INTERVAL = 0.05
+# close(): how long a busy worker may take to finish before it is signalled.
+CLOSE_GRACE_SECONDS = 2.0
+# RLIMIT_DATA backstop = memory_size * factor + slack (see worker._limit_memory).
+_DATA_LIMIT_FACTOR = 2
+_DATA_LIMIT_SLACK_MB = 512
+_MB = 1024 * 1024
+
+# Variables of the daemon's own environment a handler may see. Everything else (where the
+# daemon's secrets live) is withheld, as Lambda's sandbox shows a function only its own.
+_INHERITED_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TMPDIR", "TEMP", "TMP",
+    "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "VIRTUAL_ENV",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "AWS_CA_BUNDLE",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "COVERAGE_PROCESS_START",
+})
+
+# Restart reasons for the worker_restarts metric, by why the environment ended.
+_RESTART_REASONS = {None: "crash", "lost": "crash", "timeout": "timeout", "oom": "oom", "init": "init"}
+
+
+class PoolClosed(RuntimeError):
+    """invoke() after close(), or an invocation still waiting for an environment at close()."""
+
+
+def is_throttled(result: InvocationResult) -> bool:
+    """A throttle is not a function error: the handler never ran (retry policies treat it apart)."""
+    return result.error_type == errors.THROTTLED
+
+
+def encode_event(event: Any) -> bytes:
+    """The event as the JSON bytes the handler receives. bytes are taken as already-encoded JSON."""
+    if isinstance(event, bytes | bytearray | memoryview):
+        return bytes(event)
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+@dataclass
+class _Function:
+    """One function's environments and the queue of invocations waiting for one."""
+
+    name: str
+    config: FunctionConfig
+    environment: dict[str, str]
+    task_root: str
+    code_path: str | None
+    log: Any
+    envs: set[ExecutionEnvironment] = field(default_factory=set)
+    idle: list[ExecutionEnvironment] = field(default_factory=list)
+    waiters: collections.deque[asyncio.Future[ExecutionEnvironment | None]] = field(
+        default_factory=collections.deque
+    )
+    slots: int = 0  # environments alive or being started; never above the limit
+    in_flight: int = 0
+    invocations: int = 0
+    cold_starts: int = 0
+
+    @property
+    def limit(self) -> int:
+        return self.config.reserved_concurrent_executions
+
+    async def acquire(self) -> ExecutionEnvironment | None:
+        """An idle environment, or None: the caller owns a free slot and starts a new one."""
+        if self.idle:
+            return self.idle.pop()  # most recently used: the warmest
+        if self.slots < self.limit and not self.waiters:
+            self.slots += 1
+            return None
+        waiter: asyncio.Future[ExecutionEnvironment | None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._hand_over(waiter.result())  # woken and cancelled at once: pass it on
+            elif waiter in self.waiters:
+                self.waiters.remove(waiter)
+            raise
+
+    def release(self, env: ExecutionEnvironment) -> None:
+        """An environment finished an invocation and can serve another."""
+        if env.alive and env.state == "idle":
+            self._hand_over(env)
+
+    def slot_freed(self) -> None:
+        """An environment is gone (or was never started): its slot goes to a waiter, if any."""
+        self._hand_over(None)
+
+    def _hand_over(self, env: ExecutionEnvironment | None) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(env)
+                return
+        if env is None:
+            self.slots -= 1
+        else:
+            self.idle.append(env)
+
+    def forget(self, env: ExecutionEnvironment) -> None:
+        self.envs.discard(env)
+        if env in self.idle:
+            self.idle.remove(env)
+
+
+class WorkerPool:
+    """Execution environments for every configured function; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._log = log if log is not None else structlog.get_logger("router.runtime.pool")
+        # Not fork: the daemon is a multi-threaded asyncio process holding broker sockets.
+        self._mp = multiprocessing.get_context("spawn")
+        self._functions = {name: self._function(name, fc) for name, fc in config.functions.items()}
+        self._closed = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self._outcome_counters: dict[tuple[str, str], Any] = {}
+
+    def _function(self, name: str, fc: FunctionConfig) -> _Function:
+        cwd = Path.cwd()
+        code_path = str((cwd / fc.code_path).resolve()) if fc.code_path is not None else None
+        task_root = code_path or str(cwd)
+        env = {k: v for k, v in os.environ.items() if k in _INHERITED_ENV or k.startswith("LC_")}
+        env.update(fc.environment.variables)
+        env.update({
+            "AWS_LAMBDA_FUNCTION_NAME": name,
+            "AWS_LAMBDA_FUNCTION_VERSION": FUNCTION_VERSION,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fc.memory_size),
+            "AWS_LAMBDA_FUNCTION_TIMEOUT": str(fc.timeout),
+            "AWS_REGION": self._config.region,
+            "AWS_DEFAULT_REGION": self._config.region,
+            "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{name}",
+            "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "LAMBDA_TASK_ROOT": task_root,
+            "LAMBDA_RUNTIME_DIR": str(Path(__file__).resolve().parent),
+            "_HANDLER": fc.handler,
+            "TZ": ":UTC",
+        })
+        return _Function(
+            name=name, config=fc, environment=env, task_root=task_root, code_path=code_path,
+            log=self._log.bind(function=name),
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Nothing is pre-warmed: environments start at their first invocation, as on Lambda."""
+        self._ensure_watchdog()
+
+    async def close(self) -> None:
+        """Stop every environment: a STOP message, then SIGTERM, then SIGKILL of its group."""
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        envs: list[ExecutionEnvironment] = []
+        for fn in self._functions.values():
+            while fn.waiters:
+                waiter = fn.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(PoolClosed("the worker pool is closed"))
+            envs.extend(fn.envs)
+        if envs:
+            await asyncio.gather(*(env.stop(CLOSE_GRACE_SECONDS) for env in envs))
+
+    def status(self) -> dict[str, Any]:
+        functions: dict[str, Any] = {}
+        for name, fn in self._functions.items():
+            states = collections.Counter(env.state for env in fn.envs)
+            functions[name] = {
+                "reserved_concurrent_executions": fn.limit,
+                "environments": len(fn.envs),
+                "busy": states["busy"],
+                "idle": states["idle"],
+                "starting": states["starting"],
+                "in_flight": fn.in_flight,
+                "waiting": len(fn.waiters),
+                "invocations": fn.invocations,
+                "cold_starts": fn.cold_starts,
+                "pids": sorted(env.pid for env in fn.envs if env.pid is not None),
+            }
+        return functions
+
+    # -- invoking ---------------------------------------------------------------------------------
+
+    async def invoke(
+        self,
+        function: str,
+        event: Any,
+        *,
+        request_id: str | None = None,
+        invocation_type: InvocationType = "RequestResponse",
+        client_context: Mapping[str, Any] | None = None,
+        invoked_function_arn: str | None = None,
+    ) -> InvocationResult:
+        fn = self._functions.get(function)
+        if fn is None:
+            raise UnknownFunction(function)
+        if self._closed:
+            raise PoolClosed("the worker pool is closed")
+        request_id = request_id or str(uuid.uuid4())
+        body = encode_event(event)
+        if fn.limit == 0:
+            return self._throttled(fn, request_id)
+        self._ensure_watchdog()
+        header: dict[str, Any] = {
+            "id": request_id,
+            "arn": invoked_function_arn or self._config.function_arn(function),
+            # ClientContext reaches the handler only on synchronous invocations.
+            "cc": dict(client_context) if client_context is not None and invocation_type == "RequestResponse" else None,
+        }
+        fn.in_flight += 1
+        try:
+            return await self._run(fn, await fn.acquire(), request_id, header, body)
+        finally:
+            fn.in_flight -= 1
+
+    async def _run(
+        self, fn: _Function, env: ExecutionEnvironment | None, request_id: str, header: dict[str, Any], body: bytes
+    ) -> InvocationResult:
+        """One invocation on `env`, or on a new environment in the slot we hold when env is None."""
+        timeout = float(fn.config.timeout)
+        init_ms: float | None = None
+        try:
+            if env is None:
+                env, ready = await self._cold_start(fn, timeout)
+                if isinstance(ready, Exited):
+                    return self._finish(fn, request_id, self._died(fn, request_id, ready, timeout, None), None)
+                init_ms = ready.init_ms
+                if ready.error is not None:
+                    return self._finish(fn, request_id, self._init_failed(request_id, ready), init_ms)
+                # Init past Lambda's 10 s limit is charged to the function timeout.
+                timeout -= max(0.0, init_ms / 1000 - INIT_TIMEOUT_SECONDS)
+            header["deadline_ms"] = int(time.time() * 1000 + timeout * 1000)
+            fn.log.debug("invocation.start", request_id=request_id, version=FUNCTION_VERSION)
+            started = time.perf_counter()
+            outcome = await env.invoke(protocol.encode(protocol.INVOKE, header, body), timeout)
+            if isinstance(outcome, Exited):
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                died = self._died(fn, request_id, outcome, fn.config.timeout, elapsed_ms)
+                return self._finish(fn, request_id, died, init_ms)
+            return self._finish(fn, request_id, self._completed(env, outcome), init_ms)
+        finally:
+            if env is not None:
+                fn.release(env)
+
+    async def _cold_start(self, fn: _Function, timeout: float) -> tuple[ExecutionEnvironment, Ready | Exited]:
+        spec = protocol.WorkerSpec(
+            function_name=fn.name,
+            handler=fn.config.handler,
+            memory_size_mb=fn.config.memory_size,
+            timeout_seconds=fn.config.timeout,
+            environment={**fn.environment, "AWS_LAMBDA_LOG_STREAM_NAME": (stream := new_log_stream_name())},
+            log_stream_name=stream,
+            parent_pid=os.getpid(),
+            task_root=fn.task_root,
+            code_path=fn.code_path,
+            data_limit_bytes=(fn.config.memory_size * _DATA_LIMIT_FACTOR + _DATA_LIMIT_SLACK_MB) * _MB,
+        )
+        env = ExecutionEnvironment(spec, self._mp, on_log=self._on_log, on_exit=self._on_exit)
+        fn.cold_starts += 1
+        try:
+            fn.envs.add(env)
+            ready = await env.start(INIT_TIMEOUT_SECONDS + timeout)
+        except BaseException:
+            if env.pid is None:
+                fn.envs.discard(env)
+                fn.slot_freed()
+            else:
+                env.kill("cancelled")
+            raise
+        return env, ready
+
+    # -- results ----------------------------------------------------------------------------------
+
+    def _completed(self, env: ExecutionEnvironment, frame: protocol.Frame) -> InvocationResult:
+        h = frame.header
+        duration_ms = float(h["ms"])
+        max_memory_mb = max(_mb(h["rss_kb"] * 1024), _mb(env.peak_rss_bytes))
+        error_type: str | None = h["error"]
+        if h.get("raw"):
+            payload: Any = frame.body
+        else:
+            payload = json.loads(frame.body)
+        return InvocationResult(
+            request_id=h["id"],
+            payload=payload,
+            function_error="Unhandled" if error_type else None,
+            error_type=error_type,
+            duration_ms=duration_ms,
+            billed_duration_ms=_billed(duration_ms),
+            max_memory_used_mb=max_memory_mb,
+        )
+
+    def _died(
+        self, fn: _Function, request_id: str, exited: Exited, timeout: float, elapsed_ms: float | None
+    ) -> InvocationResult:
+        """The environment ended mid-invocation (or mid-init): say why, in Lambda's words."""
+        if exited.reason == "timeout":
+            error_type, message = errors.TIMED_OUT, errors.timeout_message(request_id, timeout)
+            duration_ms = timeout * 1000.0
+        elif exited.reason == "oom" or _mb(exited.peak_rss_bytes) > fn.config.memory_size:
+            error_type, message = errors.OUT_OF_MEMORY, errors.out_of_memory_message(request_id)
+            duration_ms = elapsed_ms or 0.0
+        else:
+            error_type, message = errors.EXIT_ERROR, errors.exit_message(request_id, exited.exitcode)
+            duration_ms = elapsed_ms or 0.0
+        self._on_log_line(fn, request_id, "log", message)
+        return InvocationResult(
+            request_id=request_id,
+            payload=errors.error_payload(message, error_type, request_id),
+            function_error="Unhandled",
+            error_type=error_type,
+            duration_ms=duration_ms,
+            billed_duration_ms=_billed(duration_ms),
+            max_memory_used_mb=_mb(exited.peak_rss_bytes),
+        )
+
+    def _init_failed(self, request_id: str, ready: Ready) -> InvocationResult:
+        error = dict(ready.error or {})
+        error["requestId"] = request_id
+        error_type = str(error.get("errorType") or "Runtime.Unknown")
+        return InvocationResult(
+            request_id=request_id,
+            payload=errors.error_payload(
+                str(error.get("errorMessage", "")), error_type, request_id, list(error.get("stackTrace") or [])
+            ),
+            function_error="Unhandled",
+            error_type=error_type,
+        )
+
+    def _throttled(self, fn: _Function, request_id: str) -> InvocationResult:
+        result = InvocationResult(
+            request_id=request_id,
+            payload=errors.error_payload(errors.THROTTLED_MESSAGE, errors.THROTTLED, request_id),
+            function_error="Unhandled",
+            error_type=errors.THROTTLED,
+        )
+        fn.log.warning("invocation.throttled", request_id=request_id, error_type=errors.THROTTLED,
+                       reserved_concurrent_executions=0)
+        self._count(fn.name, "throttled")
+        return result
+
+    def _finish(
+        self, fn: _Function, request_id: str, result: InvocationResult, init_ms: float | None
+    ) -> InvocationResult:
+        if init_ms is not None:
+            result = _with_init(result, init_ms)
+        fn.invocations += 1
+        outcome = result.outcome
+        self._count(fn.name, outcome)
+        if self._metrics is not None:
+            self._metrics.invocation_duration_seconds.labels(fn.name).observe(result.duration_ms / 1000)
+        fn.log.debug("invocation.end", request_id=request_id)
+        report: dict[str, Any] = {
+            "request_id": request_id,
+            "duration_ms": round(result.duration_ms, 2),
+            "billed_duration_ms": result.billed_duration_ms,
+            "memory_size_mb": fn.config.memory_size,
+            "max_memory_used_mb": result.max_memory_used_mb,
+            "outcome": outcome,
+        }
+        if result.init_duration_ms is not None:
+            report["init_duration_ms"] = round(result.init_duration_ms, 2)
+        if result.error_type is not None:
+            report["error_type"] = result.error_type
+        fn.log.info("invocation.report", **report)
+        return result
+
+    def _count(self, function: str, outcome: str) -> None:
+        if self._metrics is None:
+            return
+        key = (function, outcome)
+        counter = self._outcome_counters.get(key)
+        if counter is None:
+            counter = self._outcome_counters[key] = self._metrics.invocations.labels(function, outcome)
+        counter.inc()
+
+    # -- environment events -----------------------------------------------------------------------
+
+    def _on_log(self, env: ExecutionEnvironment, request_id: str | None, stream: str, text: str) -> None:
+        fn = self._functions[env.spec.function_name]
+        self._on_log_line(fn, request_id, stream, text)
+
+    def _on_log_line(self, fn: _Function, request_id: str | None, stream: str, text: str) -> None:
+        # A logging record (or context.log) is one event even across lines, as in CloudWatch;
+        # printed output is one event per line.
+        text = text.removesuffix("\n")
+        messages = [text] if stream == "log" else text.split("\n")
+        for message in messages:
+            fn.log.info("function.log", request_id=request_id, stream=stream, message=message)
+
+    def _on_exit(self, env: ExecutionEnvironment, exited: Exited) -> None:
+        fn = self._functions[env.spec.function_name]
+        fn.forget(env)
+        fn.slot_freed()
+        reason = _RESTART_REASONS.get(exited.reason)
+        if reason is not None and not self._closed:
+            if self._metrics is not None:
+                self._metrics.worker_restarts.labels(fn.name, reason).inc()
+            fn.log.warning(
+                "environment.replaced", reason=reason, pid=env.pid, exit=errors_exit(exited),
+                invocations=env.invocations,
+            )
+        else:
+            fn.log.debug("environment.stopped", pid=env.pid, invocations=env.invocations)
+
+    # -- memory -----------------------------------------------------------------------------------
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None and not self._closed:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_memory())
+
+    async def _watch_memory(self) -> None:
+        """Kill a busy environment whose RSS passes memory_size, as Lambda's cgroup would."""
+        while True:
+            await asyncio.sleep(MEMORY_WATCH_INTERVAL)
+            for fn in self._functions.values():
+                limit = fn.config.memory_size * _MB
+                for env in list(fn.envs):
+                    if env.state != "busy":
+                        continue
+                    rss = env.sample_rss()
+                    if rss is not None and rss > limit:
+                        fn.log.warning("environment.out_of_memory", pid=env.pid, rss_mb=_mb(rss),
+                                       memory_size_mb=fn.config.memory_size)
+                        env.kill("oom")
+
+
+def errors_exit(exited: Exited) -> str:
+    return errors.exit_description(exited.exitcode)
+
+
+def _mb(n_bytes: float) -> int:
+    return math.ceil(n_bytes / _MB) if n_bytes > 0 else 0
+
+
+def _billed(duration_ms: float) -> int:
+    return max(1, math.ceil(duration_ms))
+
+
+def _with_init(result: InvocationResult, init_ms: float) -> InvocationResult:
+    return InvocationResult(
+        request_id=result.request_id, payload=result.payload, function_error=result.function_error,
+        error_type=result.error_type, duration_ms=result.duration_ms,
+        billed_duration_ms=result.billed_duration_ms, max_memory_used_mb=result.max_memory_used_mb,
+        init_duration_ms=init_ms,
+    )
+
+
+def invoke_once(
+    config: Config,
+    function: str,
+    event: Any,
+    *,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+    metrics: Metrics | None = None,
+    request_id: str | None = None,
+    invocation_type: InvocationType = "RequestResponse",
+    client_context: Mapping[str, Any] | None = None,
+) -> InvocationResult:
+    """One invocation in a fresh environment, for synchronous callers such as `router invoke`.
+
+    Raises UnknownFunction before any process is started."""
+    if function not in config.functions:
+        raise UnknownFunction(function)
+
+    async def run() -> InvocationResult:
+        pool = WorkerPool(config, metrics=metrics, log=log)
+        await pool.start()
+        try:
+            return await pool.invoke(
+                function, event, request_id=request_id, invocation_type=invocation_type,
+                client_context=client_context,
+            )
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())

@@ -1,0 +1,418 @@
+"""The main of one execution environment: a spawned process that imports a handler once and then
+serves invocations one at a time until the daemon stops it or it dies.
+
+It plays the part of Lambda's runtime (awslambdaric): it sets Lambda's environment variables before
+the import, captures stdout/stderr and the root logger per invocation, builds the context object,
+and turns whatever happens in user code into Lambda's error JSON. What it cannot report itself
+(timeouts, hard crashes, memory kills) the daemon observes from outside.
+
+Being spawned from a multi-threaded asyncio daemon, it never relies on inherited state: everything
+comes in the pickled `WorkerSpec`. It makes sure it dies with the daemon (PR_SET_PDEATHSIG, and EOF
+on its connection), and runs in its own process group so the daemon can kill whatever the handler
+started along with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import decimal
+import importlib
+import io
+import json
+import logging
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any, TextIO
+
+from router.runtime import errors, protocol
+from router.runtime.context import LambdaContext
+
+_PR_SET_PDEATHSIG = 1
+_LOG_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s\n"
+_LOG_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+# Lambda cuts a log event at 256 KiB; one message on our pipe is bounded the same way.
+_MAX_LOG_CHUNK = 256 * 1024
+
+Handler = Callable[[Any, LambdaContext], Any]
+
+
+class _Fault(Exception):
+    """An error the runtime reports with its own errorType (as awslambdaric's FaultException)."""
+
+    def __init__(self, error_type: str, message: str, stack_trace: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.stack_trace = stack_trace or []
+
+
+# ------------------------------------------------------------------------------------------------
+# becoming an execution environment
+
+
+def _tie_to_parent(parent_pid: int) -> None:
+    """Die with the daemon even if it is SIGKILLed and cannot stop us."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the daemon died before prctl took effect
+        os._exit(1)
+
+
+def _limit_memory(limit_bytes: int | None) -> None:
+    """Make allocations far beyond the memory size fail at once with MemoryError.
+
+    RLIMIT_DATA counts writable private mappings (heap, thread stacks), so it sits well above
+    memory_size; the daemon's RSS watchdog and the peak-RSS check enforce memory_size itself."""
+    if limit_bytes is None or not hasattr(resource, "RLIMIT_DATA"):
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY and hard < limit_bytes:
+        limit_bytes = hard
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, hard))
+
+
+def _become_environment(spec: protocol.WorkerSpec) -> None:
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    _tie_to_parent(spec.parent_pid)
+    # Raw writes to fd 1 (C extensions, child processes) must not corrupt the daemon's stdout,
+    # which carries JSON logs or `router invoke`'s response; send them to stderr instead.
+    with contextlib.suppress(OSError):
+        os.dup2(2, 1)
+    os.environ.clear()
+    os.environ.update(spec.environment)
+    time.tzset()
+    if spec.code_path is not None:
+        sys.path.insert(0, spec.code_path)
+    with contextlib.suppress(OSError):
+        os.chdir(spec.task_root)
+    _limit_memory(spec.data_limit_bytes)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+
+
+# ------------------------------------------------------------------------------------------------
+# log capture
+
+
+class _CaptureStream(io.TextIOBase):
+    """sys.stdout/sys.stderr of the environment: complete lines go to the daemon at once (so a
+    crash loses nothing already printed), partial lines at the end of the invocation."""
+
+    def __init__(self, runtime: _Runtime, name: str) -> None:
+        super().__init__()
+        self._runtime = runtime
+        self._name = name
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self.buffer = _ByteSink(self)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]  # read-only in io.TextIOBase itself
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "replace"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return 2
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if not text:
+            return 0
+        with self._lock:
+            if "\n" not in text:
+                self._pending.append(text)
+                if sum(len(p) for p in self._pending) < _MAX_LOG_CHUNK:
+                    return len(text)
+                chunk, self._pending = "".join(self._pending), []
+            else:
+                head, _, tail = text.rpartition("\n")
+                chunk = "".join((*self._pending, head, "\n"))
+                self._pending = [tail] if tail else []
+        self._runtime.send_log(self._name, chunk)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            chunk, self._pending = "".join(self._pending), []
+        if chunk:
+            self._runtime.send_log(self._name, chunk)
+
+
+class _ByteSink(io.RawIOBase):
+    """sys.stdout.buffer for handlers that write bytes."""
+
+    def __init__(self, stream: _CaptureStream) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raw = bytes(data)
+        self._stream.write(raw.decode("utf-8", "replace"))
+        return len(raw)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+class _LambdaLogHandler(logging.Handler):
+    """The handler Lambda's runtime puts on the root logger, with its line format."""
+
+    def __init__(self, runtime: _Runtime) -> None:
+        super().__init__()
+        self._runtime = runtime
+        formatter = logging.Formatter(_LOG_FORMAT, _LOG_DATE_FORMAT)
+        formatter.converter = time.gmtime
+        self.setFormatter(formatter)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.aws_request_id = self._runtime.request_id or ""
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._runtime.send_log("log", self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+# ------------------------------------------------------------------------------------------------
+# loading the handler and calling it
+
+
+def _load_handler(name: str) -> Handler:
+    """awslambdaric's rules and messages for finding `module.function`."""
+    modname, sep, fname = name.rpartition(".")
+    if not sep or not modname:
+        raise _Fault(errors.MALFORMED_HANDLER_NAME, f"Bad handler '{name}': not enough values to unpack")
+    if modname.split(".")[0] in sys.builtin_module_names:
+        raise _Fault(errors.BUILT_IN_MODULE_CONFLICT, f"Cannot use built-in module {modname} as a handler module")
+    try:
+        module = importlib.import_module(modname.replace("/", "."))
+    except ImportError as exc:
+        raise _Fault(errors.IMPORT_MODULE_ERROR, f"Unable to import module '{modname}': {exc}") from None
+    except SyntaxError as exc:
+        trace = [f'  File "{exc.filename}" Line {exc.lineno}\n    {exc.text}']
+        raise _Fault(errors.USER_CODE_SYNTAX_ERROR, f"Syntax error in module '{modname}': {exc}", trace) from None
+    try:
+        handler: Handler = getattr(module, fname)
+    except AttributeError:
+        raise _Fault(errors.HANDLER_NOT_FOUND, f"Handler '{fname}' missing on module '{modname}'") from None
+    return handler
+
+
+def _user_stack(tb: Any) -> list[str]:
+    """The traceback from the first frame of user code on, as awslambdaric formats it."""
+    frames = traceback.extract_tb(tb)
+    here = __file__
+    start = 0
+    while start < len(frames) and frames[start].filename == here:
+        start += 1
+    return traceback.format_list(frames[start:])
+
+
+def _json_default(value: Any) -> Any:
+    # awslambdaric writes Decimals as plain numbers (DynamoDB hands them out everywhere).
+    if isinstance(value, decimal.Decimal):
+        if value.is_nan():
+            return float("nan")
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _marshal(response: Any) -> tuple[bytes, bool]:
+    """(body, raw): raw bytes are passed through untouched, as Lambda does."""
+    if isinstance(response, bytes | bytearray):
+        return bytes(response), True
+    try:
+        return json.dumps(response, default=_json_default).encode(), False
+    except Exception as exc:
+        raise _Fault(errors.MARSHAL_ERROR, f"Unable to marshal response: {exc}") from None
+
+
+def _max_rss_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def _error_log_text(payload: dict[str, Any]) -> str:
+    """The `[ERROR] Type: message` + traceback entry awslambdaric writes to the function log."""
+    lines = [f"[ERROR] {payload['errorType']}: {payload['errorMessage']}"]
+    trace = payload.get("stackTrace") or []
+    if trace:
+        lines.append("Traceback (most recent call last):")
+        for element in trace:
+            lines.extend(element.splitlines())
+    return "\n".join(lines)
+
+
+class _Runtime:
+    def __init__(self, conn: Connection, spec: protocol.WorkerSpec) -> None:
+        self._conn = conn
+        self._spec = spec
+        self._send_lock = threading.Lock()
+        self.request_id: str | None = None
+        self._memory_limit_kb = spec.memory_size_mb * 1024
+        self._stdout: TextIO = sys.stdout
+        self._stderr: TextIO = sys.stderr
+
+    # -- talking to the daemon --------------------------------------------------------------------
+
+    def send(self, kind: int, header: dict[str, Any], body: bytes = b"") -> None:
+        message = protocol.encode(kind, header, body)
+        with self._send_lock:
+            self._conn.send_bytes(message)
+
+    def send_log(self, stream: str, text: str) -> None:
+        for start in range(0, len(text), _MAX_LOG_CHUNK):
+            chunk = text[start : start + _MAX_LOG_CHUNK]
+            with contextlib.suppress(OSError, ValueError):
+                self.send(protocol.LOG, {"id": self.request_id, "s": stream}, chunk.encode("utf-8", "replace"))
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def capture_output(self) -> None:
+        self._stdout, self._stderr = sys.stdout, sys.stderr
+        sys.stdout = _CaptureStream(self, "stdout")
+        sys.stderr = _CaptureStream(self, "stderr")
+        logging.Formatter.converter = time.gmtime
+        logging.getLogger().addHandler(_LambdaLogHandler(self))
+
+    def flush_output(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    def restore_output(self) -> None:
+        self.flush_output()
+        sys.stdout, sys.stderr = self._stdout, self._stderr
+
+    def init(self) -> Handler | None:
+        """The init phase: import the handler. On failure, tell the daemon why and return None."""
+        started = time.perf_counter()
+        try:
+            handler = _load_handler(self._spec.handler)
+        except _Fault as fault:
+            error = errors.error_payload(fault.message, fault.error_type, "", fault.stack_trace)
+        except Exception as exc:
+            error = errors.error_payload(str(exc), type(exc).__name__, "", _user_stack(exc.__traceback__))
+        else:
+            self.flush_output()
+            self.send(protocol.READY, {"ok": True, "import_ms": (time.perf_counter() - started) * 1000,
+                                       "rss_kb": _max_rss_kb()})
+            return handler
+        self.send_log("log", _error_log_text(error))
+        self.flush_output()
+        self.send(protocol.READY, {"ok": False, "error": error, "rss_kb": _max_rss_kb()})
+        return None
+
+    def serve(self, handler: Handler) -> None:
+        while True:
+            try:
+                message = self._conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # the daemon is gone or closed our connection
+            frame = protocol.decode(message)
+            if frame.kind == protocol.STOP:
+                return
+            if frame.kind == protocol.INVOKE:
+                retire = self.invoke(handler, frame.header, frame.body)
+                if retire:
+                    return
+
+    # -- one invocation ---------------------------------------------------------------------------
+
+    def invoke(self, handler: Handler, header: dict[str, Any], body: bytes) -> bool:
+        """Run one invocation and send its RESULT; True when this environment must not be reused."""
+        request_id: str = header["id"]
+        self.request_id = request_id
+        spec = self._spec
+        error: dict[str, Any] | None = None
+        response = b"null"
+        raw = False
+        retire = False
+        started = time.perf_counter()
+        try:
+            context = LambdaContext(
+                aws_request_id=request_id,
+                deadline_ms=header["deadline_ms"],
+                invoked_function_arn=header["arn"],
+                function_name=spec.function_name,
+                memory_limit_in_mb=str(spec.memory_size_mb),
+                log_group_name=os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", ""),
+                log_stream_name=spec.log_stream_name,
+                client_context=header.get("cc"),
+                log_sink=lambda text: self.send_log("log", text),
+            )
+            try:
+                event = json.loads(body)
+            except ValueError as exc:
+                raise _Fault(errors.UNMARSHAL_ERROR, f"Unable to unmarshal input: {exc}") from None
+            result = handler(event, context)
+            response, raw = _marshal(result)
+        except _Fault as fault:
+            error = errors.error_payload(fault.message, fault.error_type, request_id, fault.stack_trace)
+        except MemoryError:
+            error = errors.error_payload(errors.out_of_memory_message(request_id), errors.OUT_OF_MEMORY, request_id)
+            retire = True
+        except Exception as exc:
+            error = errors.error_payload(str(exc), type(exc).__name__, request_id, _user_stack(exc.__traceback__))
+        duration_ms = (time.perf_counter() - started) * 1000
+        max_rss_kb = _max_rss_kb()
+        if error is None and max_rss_kb > self._memory_limit_kb:
+            # Too fast for the daemon's watchdog to catch, but Lambda's cgroup would have.
+            error = errors.error_payload(errors.out_of_memory_message(request_id), errors.OUT_OF_MEMORY, request_id)
+            retire = True
+        if error is not None:
+            response = json.dumps(error).encode()
+            if error["errorType"] != errors.OUT_OF_MEMORY:
+                self.send_log("log", _error_log_text(error))
+        self.flush_output()
+        result_header = {
+            "id": request_id,
+            "error": None if error is None else error["errorType"],
+            "ms": duration_ms,
+            "rss_kb": max_rss_kb,
+            "raw": raw,
+            "retire": retire,
+        }
+        self.send(protocol.RESULT, result_header, response)
+        self.request_id = None
+        return retire
+
+
+def main(conn: Connection, spec: protocol.WorkerSpec) -> None:
+    """multiprocessing target: become the environment, init, serve, exit."""
+    _become_environment(spec)
+    runtime = _Runtime(conn, spec)
+    runtime.capture_output()
+    try:
+        handler = runtime.init()
+        if handler is not None:
+            runtime.serve(handler)
+    finally:
+        runtime.restore_output()
+        with contextlib.suppress(OSError):
+            conn.close()

@@ -1,0 +1,145 @@
+"""Shared routing of bucket notifications: payload bytes in, durably queued invocations out.
+
+Both push transports (MQTT and webhooks) hand every payload here and acknowledge the sender only
+after `accept` returns, which happens only once each matching record is committed to the
+asynchronous queue, or the unreadable payload is committed to the dead-letter store. That single
+rule is what makes an accepted notification impossible to lose.
+
+Each record matching a mapping becomes one asynchronous invocation with the event
+`{"Records": [record]}`, as S3 invokes Lambda; a record matching two mappings invokes both
+functions. Records matching no mapping are counted and dropped, as S3 drops events no rule wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from router.config import Config
+from router.delivery.async_queue import AsyncQueue, EnqueueResult, QueuedEvent
+from router.delivery.dead_letter import DeadLetter
+from router.events.dedup import dedup_key
+from router.events.s3 import MalformedNotification, Store, event_record, parse_notification
+from router.events.s3_match import MappingMatcher, Transport
+from router.observability.metrics import Metrics
+
+Outcome = Literal["accepted", "unmatched", "ignored", "malformed"]
+# filtered_out_records label for records whose bucket no mapping of the transport names.
+NO_MAPPING = "(unmatched)"
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    outcome: Outcome
+    records: int = 0  # object events found in the payload
+    queued: int = 0  # invocations newly queued
+    duplicates: int = 0  # invocations already accepted within the dedup window
+    unmatched: int = 0  # records no mapping wanted
+    reason: str | None = None  # why a payload was malformed, or why it held no object event
+    dead_letter: Path | None = None
+
+
+class NotificationRouter:
+    def __init__(
+        self,
+        config: Config,
+        queue: AsyncQueue,
+        dead_letter: DeadLetter,
+        *,
+        metrics: Metrics,
+        on_enqueued: Callable[[], None] = lambda: None,
+        log: Any = None,
+    ) -> None:
+        self._config = config
+        self._queue = queue
+        self._dead_letter = dead_letter
+        self._metrics = metrics
+        self._on_enqueued = on_enqueued
+        self._log = log or structlog.get_logger("router.notifications")
+        self._matchers: dict[Transport, MappingMatcher] = {
+            "mqtt": MappingMatcher.from_config(config, "mqtt"),
+            "webhook": MappingMatcher.from_config(config, "webhook"),
+        }
+
+    def matcher(self, transport: Transport) -> MappingMatcher:
+        return self._matchers[transport]
+
+    async def accept(
+        self,
+        payload: bytes,
+        *,
+        transport: Transport,
+        topic: str | None = None,
+        store: Store = "auto",
+    ) -> AcceptResult:
+        """Route one payload; durable when it returns. Raises when neither the queue nor the
+        dead-letter store could take it (the sender must then retry)."""
+        source = "seaweedfs" if store == "seaweedfs" else transport
+        try:
+            parsed = parse_notification(payload, store=store)
+        except MalformedNotification as exc:
+            reason = str(exc)
+            path = await self._dead_letter.write(payload, reason=reason, source=source, topic=topic)
+            self._count(source, "malformed")
+            return AcceptResult("malformed", reason=reason, dead_letter=path)
+        if not parsed.events:
+            self._count(source, "ignored")
+            self._log.debug("notification.ignored", source=source, shape=parsed.shape, reason=parsed.note)
+            return AcceptResult("ignored", reason=parsed.note or None)
+
+        matcher = self._matchers[transport]
+        by_window: dict[int, list[QueuedEvent]] = {}
+        unmatched = 0
+        for event in parsed.events:
+            candidates = matcher.candidates(event.bucket, topic)
+            matched = matcher.matches(bucket=event.bucket, event_name=event.event_name, key=event.key, topic=topic)
+            # Each mapping of this bucket whose rule said no has filtered the record out.
+            wanted = {name for name, _ in matched}
+            for name in [n for n, _ in candidates if n not in wanted] or ([] if matched else [NO_MAPPING]):
+                self._metrics.filtered_out_records.labels(mapping=name).inc()
+            if not matched:
+                unmatched += 1
+                continue
+            key = dedup_key(event)
+            for name, mapping in matched:
+                rule = mapping.bucket_notifications
+                record = event_record(
+                    event, event_format=rule.event_format, region=self._config.region, configuration_id=name
+                )
+                by_window.setdefault(mapping.deduplication_window_seconds, []).append(
+                    QueuedEvent(name, mapping.function_name, {"Records": [record]}, key)
+                )
+        if not by_window:
+            self._count(source, "unmatched")
+            self._log.debug("notification.unmatched", source=source, shape=parsed.shape, records=unmatched)
+            return AcceptResult("unmatched", records=len(parsed.events), unmatched=unmatched)
+
+        results = await asyncio.gather(
+            *(self._queue.enqueue(events, dedup_window=window) for window, events in by_window.items()),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        done = [r for r in results if isinstance(r, EnqueueResult)]
+        queued = sum(r.accepted for r in done)
+        duplicates = sum(r.duplicates for r in done)
+        if queued:
+            self._on_enqueued()
+        if failures:
+            # Whatever did commit is deduplicated when the sender retries.
+            raise failures[0]
+        self._count(source, "accepted")
+        self._log.debug(
+            "notification.accepted", source=source, shape=parsed.shape, records=len(parsed.events),
+            queued=queued, duplicates=duplicates, unmatched=unmatched,
+        )
+        return AcceptResult(
+            "accepted", records=len(parsed.events), queued=queued, duplicates=duplicates, unmatched=unmatched
+        )
+
+    def _count(self, source: str, outcome: str) -> None:
+        self._metrics.notifications.labels(source=source, outcome=outcome).inc()

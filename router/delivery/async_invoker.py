@@ -65,7 +65,14 @@ _THROTTLE_ERRORS = frozenset({"TooManyRequestsException"})
 class InvokesFunctions(Protocol):
     """What the invoker needs from the worker pool."""
 
-    async def invoke(self, function: str, event: Any, *, invocation_type: str = ...) -> InvocationResult: ...
+    async def invoke(
+        self,
+        function: str,
+        event: Any,
+        *,
+        request_id: str | None = ...,
+        invocation_type: Literal["RequestResponse", "Event"] = ...,
+    ) -> InvocationResult: ...
 
 
 @dataclass
@@ -350,7 +357,9 @@ class AsyncInvoker:
         log = self._log.bind(mapping=lane.name, function=lane.function, attempt=attempt)
         started = time.monotonic()
         try:
-            result = await self._pool.invoke(lane.function, event.event, invocation_type="Event")
+            # One request id for every attempt of the event, as Lambda keeps it across async retries.
+            result = await self._pool.invoke(
+                lane.function, event.event, request_id=event.request_id, invocation_type="Event")
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -57,13 +57,21 @@ class ScriptedPool:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.calls: list[tuple[str, Any]] = []
+        self.request_ids: list[str | None] = []
         self.running: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.counter = 0
+        self.current = ""
 
-    async def invoke(self, function: str, event: Any, *, invocation_type: str = "RequestResponse") -> InvocationResult:
+    async def invoke(
+        self, function: str, event: Any, *, request_id: str | None = None,
+        invocation_type: Literal["RequestResponse", "Event"] = "RequestResponse",
+    ) -> InvocationResult:
         assert invocation_type == "Event"
         self.calls.append((function, event))
+        self.request_ids.append(request_id)
+        self.counter += 1
+        self.current = request_id or f"req-{self.counter}"
         self.running[function] = self.running.get(function, 0) + 1
         self.peak[function] = max(self.peak.get(function, 0), self.running[function])
         try:
@@ -73,8 +81,7 @@ class ScriptedPool:
 
 
 def rid(pool: ScriptedPool) -> str:
-    pool.counter += 1
-    return f"req-{pool.counter}"
+    return pool.current
 
 
 def ok(pool: ScriptedPool, payload: Any = None) -> InvocationResult:
@@ -180,7 +187,8 @@ async def test_failing_function_is_invoked_retries_plus_one_times_then_recorded(
     ctx = record["requestContext"]
     assert ctx["condition"] == "RetriesExhausted" and ctx["approximateInvokeCount"] == 3
     assert ctx["functionArn"] == "arn:aws:lambda:us-east-1:000000000000:function:fn:$LATEST"
-    assert ctx["requestId"] == "req-3"
+    assert ctx["requestId"] == h.pool.request_ids[0]
+    assert len(set(h.pool.request_ids)) == 1 and h.pool.request_ids[0] is not None  # one id for all attempts
     assert record["requestPayload"] == {"Records": [{"n": 0}]}
     assert record["responseContext"]["functionError"] == "Unhandled"
     assert record["responsePayload"]["errorType"] == "ValueError"

@@ -1,0 +1,217 @@
+"""Destinations against real brokers: the record lands in SeaweedFS, Tansu and Mosquitto, a broker
+that is down fails the send promptly, and the same destination works again once it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from router.config import Config, load_config_data
+from router.delivery.async_record import Condition, async_destination_record
+from router.delivery.destinations import DestinationError, DestinationFactory, async_record_key
+from router.devstack import Mosquitto, SeaweedFS, Tansu, free_port
+from router.observability.metrics import Metrics
+
+pytestmark = pytest.mark.integration
+
+
+def a_record(n: int = 1) -> dict[str, Any]:
+    return async_destination_record(
+        function_arn="arn:aws:lambda:us-east-1:000000000000:function:thumbnail:$LATEST",
+        condition=Condition.RETRIES_EXHAUSTED, request_id=str(uuid.uuid4()), approximate_invoke_count=3,
+        request_payload={"Records": [{"s3": {"object": {"key": f"uploads/photo+{n}.jpg"}}}]}, invoked=True,
+        response_payload={"errorMessage": "boom", "errorType": "ValueError", "stackTrace": []},
+        function_error="Unhandled",
+    )
+
+
+def config_for(
+    *, s3_endpoint: str | None = None, kafka: str | None = None, mqtt_port: int | None = None,
+    client_id: str = "router-test",
+) -> Config:
+    data: dict[str, Any] = {}
+    if s3_endpoint is not None:
+        data["s3"] = {"endpoint_url": s3_endpoint, "access_key_id": SeaweedFS.access_key,
+                      "secret_access_key": SeaweedFS.secret_key}
+    if kafka is not None:
+        data["kafka"] = {"bootstrap_servers": kafka}
+    if mqtt_port is not None:
+        data["mqtt"] = {"host": "127.0.0.1", "port": mqtt_port, "client_id": client_id}
+    return load_config_data(data)
+
+
+class Gate:
+    """A TCP forwarder in front of a real server: `close()` refuses connections and cuts open ones
+    (the endpoint is down), `open()` serves again on the same port (it is back)."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.close()
+        self._writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+@pytest.fixture
+async def gate(seaweedfs: SeaweedFS) -> AsyncIterator[Gate]:
+    g = Gate("127.0.0.1", seaweedfs.s3_port)
+    await g.open()
+    yield g
+    await g.close()
+
+
+# One bucket for all of these tests, each under its own prefix: the session SeaweedFS (volume.max=20,
+# 7 volumes grown per bucket) can only take writes into two or three distinct buckets in a whole run.
+SHARED_BUCKET = "router-async-tests"
+
+
+def new_prefix(seaweedfs: SeaweedFS) -> tuple[str, str]:
+    seaweedfs.create_bucket(SHARED_BUCKET)
+    return SHARED_BUCKET, f"destinations-{uuid.uuid4().hex[:10]}/"
+
+
+async def read_object(seaweedfs: SeaweedFS, bucket: str, key: str) -> dict[str, Any]:
+    def get() -> dict[str, Any]:
+        body = seaweedfs.s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        parsed: dict[str, Any] = json.loads(body)
+        return parsed
+
+    return await asyncio.to_thread(get)
+
+
+async def test_s3_destination_puts_the_record_under_the_prefix(seaweedfs: SeaweedFS) -> None:
+    bucket, prefix = new_prefix(seaweedfs)
+    factory = DestinationFactory(config_for(s3_endpoint=seaweedfs.s3_endpoint), metrics=Metrics(), timeout=5)
+    try:
+        destination = factory.get(f"s3://{bucket}/{prefix}failed/photos")  # no trailing slash: one is added
+        assert factory.get(f"s3://{bucket}/{prefix}failed/photos") is destination
+        record, key = a_record(), async_record_key("photos-to-thumbnails", "thumbnail", datetime.now(UTC))
+        await destination.send(record, key=key)
+        stored = await read_object(seaweedfs, bucket, f"{prefix}failed/photos/{key}")
+    finally:
+        await factory.close()
+    assert stored == record
+    assert stored["requestContext"]["condition"] == "RetriesExhausted"
+
+
+async def test_kafka_destination_produces_the_record_with_its_key(kafka: Tansu, topic: Any) -> None:
+    name = topic()
+    factory = DestinationFactory(config_for(kafka=kafka.bootstrap_servers), timeout=10)
+    record = a_record(2)
+    try:
+        await factory.get(f"kafka://{name}").send(record, key="aws/lambda/k1")
+    finally:
+        await factory.close()
+    consumer = AIOKafkaConsumer(name, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        message = await asyncio.wait_for(consumer.getone(), 20)
+    finally:
+        await consumer.stop()
+    assert message.key == b"aws/lambda/k1"
+    assert message.value is not None and b" " not in message.value[:40]  # compact JSON
+    value = json.loads(message.value)
+    assert value == record
+    assert value["requestContext"]["approximateInvokeCount"] == 3
+    assert value["responseContext"]["functionError"] == "Unhandled"
+
+
+async def test_mqtt_destination_publishes_qos1_on_its_own_client_id(mosquitto: Mosquitto) -> None:
+    topic = f"router/failures/{uuid.uuid4().hex[:8]}"
+    metrics = Metrics()
+    factory = DestinationFactory(config_for(mqtt_port=mosquitto.port, client_id="router-x"), metrics=metrics,
+                                 timeout=5)
+    record = a_record(3)
+    # Connected under the daemon's own client id: the destination's "-dest" id must not kick it off.
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="router-x") as subscriber:
+        await subscriber.subscribe(topic, qos=1)
+        try:
+            await factory.get(f"mqtt://{topic}").send(record, key="ignored")
+            message = await asyncio.wait_for(anext(aiter(subscriber.messages)), 10)
+            await factory.get(f"mqtt://{topic}").send(record, key="ignored")  # still connected, reused
+            again = await asyncio.wait_for(anext(aiter(subscriber.messages)), 10)
+        finally:
+            await factory.close()
+    assert message.qos == 1 and again.qos == 1
+    assert isinstance(message.payload, bytes)
+    assert json.loads(message.payload) == record
+    assert metrics.registry.get_sample_value("router_broker_connected", {"broker": "mqtt-destination"}) == 0
+
+
+async def test_down_brokers_fail_the_send_promptly() -> None:
+    dead = free_port()
+    config = config_for(s3_endpoint=f"http://127.0.0.1:{dead}", kafka=f"127.0.0.1:{dead}", mqtt_port=dead)
+    factory = DestinationFactory(config, timeout=2)
+    try:
+        for uri in ("s3://bucket/prefix/", "kafka://topic", "mqtt://topic"):
+            started = time.monotonic()
+            with pytest.raises(DestinationError):
+                await factory.get(uri).send(a_record(), key="k")
+            assert time.monotonic() - started < 5, uri
+    finally:
+        await factory.close()
+
+
+async def test_s3_destination_reconnects_after_the_endpoint_comes_back(seaweedfs: SeaweedFS, gate: Gate) -> None:
+    bucket, prefix = new_prefix(seaweedfs)
+    factory = DestinationFactory(config_for(s3_endpoint=gate.endpoint), timeout=3)
+    destination = factory.get(f"s3://{bucket}/{prefix}")
+    try:
+        await destination.send(a_record(1), key="before")
+        await gate.close()
+        started = time.monotonic()
+        with pytest.raises(DestinationError):
+            await destination.send(a_record(2), key="during")
+        assert time.monotonic() - started < 5
+        await gate.open()
+        await destination.send(a_record(3), key="after")
+    finally:
+        await factory.close()
+    assert (await read_object(seaweedfs, bucket, f"{prefix}after"))["requestPayload"]["Records"][0]["s3"]["object"][
+        "key"] == "uploads/photo+3.jpg"

@@ -137,6 +137,8 @@ class _Server:
     """One child server: process group, work directory, log file, health check, teardown."""
 
     name = "server"
+    # How long SIGTERM gets before SIGKILL.
+    stop_timeout = STOP_TIMEOUT
 
     def __init__(self, workdir: Path | None = None) -> None:
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -211,7 +213,7 @@ class _Server:
                 command, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=self._env(),
                 preexec_fn=_die_with_parent if main_thread else None)
-        self._finalizer = weakref.finalize(self, _terminate_group, self._proc)
+        self._finalizer = weakref.finalize(self, _terminate_group, self._proc, self.stop_timeout)
         try:
             wait_for(self._alive_and_healthy, timeout, interval=0.1, what=f"{self.name} to become healthy")
         except DevstackError as exc:
@@ -251,7 +253,11 @@ class _Server:
             self._finalizer = None
         if self._proc is not None:
             _log.info("devstack_stopped", server=self.name, pid=self._proc.pid)
+            self._after_stop()
         self._proc = None
+
+    def _after_stop(self) -> None:
+        """Remove what the server leaves outside its work directory."""
 
     def restart(self, timeout: float = START_TIMEOUT) -> None:
         """Stop and start again on the same port(s) with the same work directory."""
@@ -345,10 +351,15 @@ class Tansu(_Server):
 
     Memory storage means `restart()` loses every topic, record and committed offset: use it to
     simulate an outage of the broker, then create the topics again if the test needs them.
-    Tansu answers JoinGroup after about half the session timeout: use session_timeout_ms=6000.
+
+    Group timing (measured with aiokafka): Tansu answers JoinGroup after about half the session
+    timeout, so use session_timeout_ms=6000 (a join takes ~3 s). It does not drop a member that
+    sent LeaveGroup: a consumer that joins right after another left waits for the old member's
+    session to expire (~11 s at 6000 ms, ~7 s at 3000 ms) - create a new group per test.
     """
 
     name = "tansu"
+    stop_timeout = 2.0  # memory storage: nothing to flush
 
     def __init__(self, workdir: Path | None = None) -> None:
         self._binary = self._resolve_binary()
@@ -468,6 +479,9 @@ class SeaweedFS(_Server):
     """
 
     name = "seaweedfs"
+    # The filer's gRPC graceful stop always waits out its own 15 s limit (its metadata subscription
+    # never ends); volumes and the leveldb filer store are crash-safe, so we do not wait for it.
+    stop_timeout = 2.0
     access_key = "router"
     secret_key = "router-secret"
     # Retries are quick so tests see redelivery within seconds, not the default 3 s → 30 s back-off.
@@ -546,6 +560,14 @@ class SeaweedFS(_Server):
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.workdir / 's3.json'}",
         ]
+
+    def _after_stop(self) -> None:
+        # weed keeps unix sockets named after its ports in /tmp (not all of them configurable) and
+        # leaves them behind when killed; remove ours, never anyone else's.
+        for port in self.ports.values():
+            for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
     def _env(self) -> dict[str, str]:
         # weed also looks in $HOME/.seaweedfs: point HOME at the work dir so only our files count.

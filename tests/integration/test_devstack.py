@@ -11,12 +11,15 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import psutil
 import pytest
 from aiohttp import web
 from paho.mqtt.packettypes import PacketTypes
@@ -27,7 +30,9 @@ from router.devstack import DevstackError, Mosquitto, SeaweedFS, Tansu, free_por
 
 pytestmark = pytest.mark.integration
 
-GROUP_OPTIONS: dict[str, Any] = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
+# Tansu keeps a member that left until its session expires, so the second consumer of a group waits
+# about two session timeouts to join: a short session keeps this test at ~7 s instead of ~14 s.
+GROUP_OPTIONS: dict[str, Any] = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
 
 
 def _client_id(tag: str) -> str:
@@ -103,6 +108,39 @@ def test_stop_kills_the_whole_process_group(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)  # signal 0 probes: the group no longer exists
     assert not devstack.tcp_open(broker.host, broker.port)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _run_owner(tmp_path: Path, start: str, end: str) -> int:
+    script = (
+        "import os, signal, threading\n"
+        "from pathlib import Path\n"
+        "from router.devstack import Mosquitto\n"
+        f"broker = Mosquitto(Path({str(tmp_path / 'owned')!r}))\n"
+        f"{start}\n"
+        "print('PID', broker.pid, flush=True)\n"
+        f"{end}\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30, check=False)
+    words = done.stdout.split()
+    return int(words[words.index(b"PID") + 1])
+
+
+def test_broker_dies_with_its_killed_owner(tmp_path: Path) -> None:
+    pid = _run_owner(tmp_path, "broker.start()", "os.kill(os.getpid(), signal.SIGKILL)")
+    wait_for(lambda: _gone(pid), 5, what="mosquitto to die with its SIGKILLed owner")
+
+
+def test_broker_is_stopped_when_its_owner_exits_without_stop(tmp_path: Path) -> None:
+    # Started from a thread, so only the exit-time finalizer (not PDEATHSIG) can stop it.
+    pid = _run_owner(tmp_path, "t = threading.Thread(target=broker.start); t.start(); t.join()", "")
+    wait_for(lambda: _gone(pid), 5, what="mosquitto to be stopped at its owner's exit")
 
 
 def test_missing_mosquitto_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ whatever the caller was waiting for with an `Exited` describing why.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -38,6 +39,8 @@ _LOST_CONNECTION_GRACE = 0.5
 # the socket; wait this long for EOF before declaring it dead. Bounded, because children the
 # handler forked may hold the socket open.
 _DRAIN_GRACE = 1.0
+# Messages handled per event-loop iteration before yielding to other work.
+_MESSAGES_PER_ITERATION = 64
 # SIGKILL is not instant for a process in uninterruptible sleep; don't wait for it forever.
 _REAP_GIVE_UP = 10.0
 
@@ -60,16 +63,50 @@ ExitCallback = Callable[["ExecutionEnvironment", Exited], None]
 
 
 class _Connection(asyncio.Protocol):
+    """Decodes the worker's messages and hands them on in order, a bounded number per loop
+    iteration: a handler printing in a tight loop must not starve the rest of the daemon."""
+
     def __init__(self, env: ExecutionEnvironment) -> None:
         self._env = env
         self._decoder = protocol.FrameDecoder()
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self._lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        for message in self._decoder.feed(data):
-            self._env._on_message(message)
+        self._queue.extend(self._decoder.feed(data))
+        if not self._paused:
+            self._drain()
+
+    def _drain(self) -> None:
+        queue, env = self._queue, self._env
+        for _ in range(_MESSAGES_PER_ITERATION):
+            if not queue:
+                break
+            env._on_message(queue.popleft())
+        loop = asyncio.get_running_loop()
+        if queue:
+            if not self._paused and self._transport is not None and not self._lost:
+                self._transport.pause_reading()
+            self._paused = True
+            loop.call_soon(self._drain)
+            return
+        if self._paused:
+            self._paused = False
+            if self._transport is not None and not self._lost:
+                self._transport.resume_reading()
+        if self._lost:
+            env._on_connection_lost()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._env._on_connection_lost()
+        self._lost = True
+        if not self._paused:
+            self._drain()
 
 
 class ExecutionEnvironment:

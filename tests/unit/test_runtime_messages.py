@@ -1,0 +1,129 @@
+"""Pure parts of the worker pool: message framing, Lambda's error wording, event encoding, and the
+Lambda-style lines `router invoke` prints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+from multiprocessing.connection import Connection, Pipe
+
+import pytest
+
+from router.commands.invoke import lambda_text
+from router.runtime import errors, protocol
+from router.runtime.pool import encode_event, is_throttled
+from router.runtime.result import InvocationResult
+
+
+def test_encode_decode_round_trip() -> None:
+    message = protocol.encode(protocol.INVOKE, {"id": "r-1", "deadline_ms": 5}, b'{"a":1}')
+    frame = protocol.decode(message)
+    assert frame.kind == protocol.INVOKE
+    assert frame.header == {"id": "r-1", "deadline_ms": 5}
+    assert frame.body == b'{"a":1}'
+
+
+def test_decoder_reassembles_messages_split_and_merged_across_reads() -> None:
+    messages = [protocol.encode(protocol.LOG, {"n": i}, b"x" * (i * 1000)) for i in range(5)]
+    stream = b"".join(b"".join(protocol.wire(m)) for m in messages)
+    decoder = protocol.FrameDecoder()
+    received: list[bytes] = []
+    for cut in range(0, len(stream), 777):  # arbitrary read sizes
+        received.extend(decoder.feed(stream[cut : cut + 777]))
+    assert received == messages
+    assert decoder.pending_bytes == 0
+
+
+def test_decoder_understands_the_long_length_form() -> None:
+    body = b"y" * 10
+    stream = struct.pack("!i", -1) + struct.pack("!Q", len(body)) + body
+    decoder = protocol.FrameDecoder()
+    assert decoder.feed(stream[:7]) == []
+    assert decoder.feed(stream[7:]) == [body]
+
+
+def test_wire_format_is_what_a_multiprocessing_connection_reads() -> None:
+    reader, writer = Pipe(duplex=False)
+    assert isinstance(writer, Connection)
+    message = protocol.encode(protocol.INVOKE, {"id": "r"}, b"{}")
+    for chunk in protocol.wire(message):
+        os.write(writer.fileno(), chunk)
+    assert reader.recv_bytes() == message
+    reader.close()
+    writer.close()
+
+
+def test_decoder_reads_what_a_connection_sends() -> None:
+    reader, writer = Pipe(duplex=False)
+    big = protocol.encode(protocol.RESULT, {"id": "r"}, b"z" * 40_000)  # sent in two writes
+    writer.send_bytes(big)
+    writer.send_bytes(b"small")
+    data = b""
+    while len(data) < 4 + len(big) + 4 + 5:
+        data += os.read(reader.fileno(), 65536)
+    assert protocol.FrameDecoder().feed(data) == [big, b"small"]
+    reader.close()
+    writer.close()
+
+
+def test_timeout_message_has_two_decimals() -> None:
+    assert errors.timeout_message("abc", 3) == "RequestId: abc Error: Task timed out after 3.00 seconds"
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "text"),
+    [
+        (3, "exit status 3"),
+        (0, "exit status 0"),
+        (-signal.SIGKILL, "signal: killed"),
+        (-signal.SIGSEGV, "signal: segmentation fault"),
+        (-signal.SIGABRT, "signal: aborted"),
+        (None, "unknown"),
+    ],
+)
+def test_exit_descriptions_use_lambdas_words(exitcode: int | None, text: str) -> None:
+    assert errors.exit_description(exitcode) == text
+
+
+def test_exit_and_memory_messages() -> None:
+    assert errors.exit_message("r", 3) == "RequestId: r Error: Runtime exited with error: exit status 3"
+    assert errors.out_of_memory_message("r") == "RequestId: r Error: Runtime exited with error: signal: killed"
+
+
+def test_error_payload_has_lambdas_four_keys() -> None:
+    payload = errors.error_payload("boom", "ValueError", "r", None)
+    assert payload == {"errorMessage": "boom", "errorType": "ValueError", "requestId": "r", "stackTrace": []}
+    assert list(payload) == ["errorMessage", "errorType", "requestId", "stackTrace"]
+
+
+def test_encode_event_serialises_once_and_passes_bytes_through() -> None:
+    assert encode_event({"a": [1, 2]}) == b'{"a":[1,2]}'
+    assert encode_event(b'{"raw": true}') == b'{"raw": true}'
+    with pytest.raises(TypeError):
+        encode_event({"not json": {1, 2}})
+
+
+def test_throttle_is_recognisable() -> None:
+    throttled = InvocationResult("r", {}, function_error="Unhandled", error_type=errors.THROTTLED)
+    assert is_throttled(throttled)
+    assert not is_throttled(InvocationResult("r", None))
+
+
+def test_report_line_is_lambdas() -> None:
+    line = lambda_text(None, "info", {
+        "event": "invocation.report", "request_id": "r", "duration_ms": 1.234, "billed_duration_ms": 2,
+        "memory_size_mb": 128, "max_memory_used_mb": 30, "init_duration_ms": 45.6, "outcome": "success",
+    })
+    assert line == (
+        "REPORT RequestId: r\tDuration: 1.23 ms\tBilled Duration: 2 ms\tMemory Size: 128 MB"
+        "\tMax Memory Used: 30 MB\tInit Duration: 45.60 ms"
+    )
+
+
+def test_start_end_and_function_log_lines() -> None:
+    assert lambda_text(None, "debug", {"event": "invocation.start", "request_id": "r", "version": "$LATEST"}) == (
+        "START RequestId: r Version: $LATEST"
+    )
+    assert lambda_text(None, "debug", {"event": "invocation.end", "request_id": "r"}) == "END RequestId: r"
+    assert lambda_text(None, "info", {"event": "function.log", "request_id": "r", "message": "hi"}) == "hi"

@@ -544,7 +544,9 @@ class AsyncInvoker:
             oldest = lane.stats.oldest_accepted_at
             self._metrics.async_event_age_seconds.labels(mapping=name).set(
                 max(0.0, now - oldest) if oldest is not None else 0.0)
-            lane.tracker.set_pending(lane.stats.depth > 0)
+            # Pending means "should be moving now": events due for invocation and records waiting for
+            # their destination. A retry scheduled minutes ahead is not a stall.
+            lane.tracker.set_pending(lane.stats.due + lane.stats.awaiting_delivery > 0)
         self._orphans = {name: s for name, s in stats.items() if name not in self._lanes}
 
     async def _prune(self) -> None:

@@ -166,6 +166,7 @@ class MappingStats:
     oldest_accepted_at: float | None
     retries_scheduled: int
     awaiting_delivery: int
+    due: int = 0  # events to invoke now (not waiting for a scheduled retry), in flight included
 
 
 @dataclass
@@ -455,13 +456,16 @@ class AsyncQueue:
     # -- observing ---------------------------------------------------------------------------------
 
     async def stats(self) -> dict[str, MappingStats]:
+        now = self._clock()
+
         def run() -> dict[str, MappingStats]:
             rows = self._db().execute(
                 "SELECT mapping, COUNT(*), MIN(accepted_at),"
-                " SUM(stage = 'invoke' AND invoke_count + system_errors > 0), SUM(stage = 'deliver')"
-                " FROM events GROUP BY mapping"
+                " SUM(stage = 'invoke' AND due_at > ?), SUM(stage = 'deliver'), SUM(stage = 'invoke' AND due_at <= ?)"
+                " FROM events GROUP BY mapping",
+                (now, now),
             ).fetchall()
-            return {r[0]: MappingStats(r[1], r[2], r[3] or 0, r[4] or 0) for r in rows}
+            return {r[0]: MappingStats(r[1], r[2], r[3] or 0, r[4] or 0, r[5] or 0) for r in rows}
 
         return await self._call(run)
 

@@ -344,6 +344,8 @@ async def test_destination_down_parks_the_record_and_delivers_it_later(build: An
     await until(lambda: h.sample("router_destination_delivery_failures_total", mapping="m") >= 2)
     stats = (await h.queue.stats())["m"]
     assert stats.depth == 3
+    await h.invoker._refresh_stats(force=True)
+    assert h.board.tracker("async:m").pending  # records waiting for a destination are work not moving
     dest.down = False
     await until(lambda: len(dest.records) == 3, timeout=10)
     await h.invoker.stop(1)
@@ -391,4 +393,17 @@ async def test_stop_requeues_in_flight_events_and_status_reports_depth(build: An
     await h.invoker.stop(0.05)
     # both events are still queued and claimable again
     assert len((await h.queue.claim("m", "invoke", 5)).events) == 2
+    await h.queue.close()
+
+
+async def test_a_retry_scheduled_ahead_is_not_a_stall_but_a_waiting_record_is(build: Any) -> None:
+    spec = {"retry_delays_seconds": [30], "destination_config": FAIL}
+    h: Harness = await build({"m": spec}, lambda f, e: _fail(h))
+    await h.enqueue("m", 1)
+    await until(lambda: len(h.pool.calls) == 1 and not h.invoker._tasks)
+    await h.invoker._refresh_stats(force=True)
+    tracker = h.board.tracker("async:m")
+    assert not tracker.pending
+    assert h.invoker.status()["mappings"]["m"]["retries_scheduled"] == 1
+    await h.invoker.stop(1)
     await h.queue.close()

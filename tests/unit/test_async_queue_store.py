@@ -125,8 +125,9 @@ async def test_reschedule_keeps_the_event_until_due(queue: AsyncQueue, clock: Cl
     early = await queue.claim("m", "invoke", 1)
     assert early.events == [] and early.next_due == clock.now + 60
     stats = (await queue.stats())["m"]
-    assert (stats.depth, stats.retries_scheduled) == (1, 1)
+    assert (stats.depth, stats.retries_scheduled, stats.due) == (1, 1, 0)
     clock.now += 60
+    assert (await queue.stats())["m"].due == 1
     (due,) = (await queue.claim("m", "invoke", 1)).events
     assert due.invoke_count == 1 and due.last_response == response
     await queue.complete(due.id)

@@ -158,7 +158,7 @@ def parse_notification(payload: bytes, *, store: Store = "auto") -> ParsedNotifi
     try:
         document = json.loads(payload)
     except UnicodeDecodeError:
-        raise MalformedNotification("not UTF-8 JSON") from None
+        raise MalformedNotification("not JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise MalformedNotification(f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     if store == "seaweedfs" or _looks_like_seaweedfs(document):

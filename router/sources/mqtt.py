@@ -3,7 +3,7 @@
 Why paho directly and not aiomqtt: a notification may only be acknowledged (PUBACK) after its
 records are durably queued, and aiomqtt 2.x has no way to turn off paho's automatic PUBACK. So this
 module is a thin adapter around paho-mqtt 2.x with `manual_ack=True`: paho's network thread
-reads, pings and reconnects (exponential back-off, 1 s doubling to 30 s), and hands each message
+reads, pings and reconnects (exponential back-off, 1 s doubling to 10 s), and hands each message
 to the event loop; the loop routes it and sends the PUBACK itself.
 
 Guarantees:
@@ -45,7 +45,7 @@ from router.sources.bucket_notifications import NotificationRouter
 # Unacknowledged messages the broker may send us at once (MQTT 5 Receive Maximum).
 RECEIVE_MAXIMUM = 256
 RECONNECT_MIN_DELAY = 1
-RECONNECT_MAX_DELAY = 30
+RECONNECT_MAX_DELAY = 10
 # A payload the queue could not take is retried in place (its PUBACK withheld) with this back-off.
 ACCEPT_RETRY_MIN = 0.2
 ACCEPT_RETRY_MAX = 10.0

@@ -312,7 +312,7 @@ def test_split_bucket_path() -> None:
     ("payload", "reason"),
     [
         (b"hello", "not JSON"),
-        (b"\xff\xfe\x00", "not UTF-8 JSON"),
+        (b"\xff\xfe\x00", "not JSON (not UTF-8 text)"),
         (b"42", "not an object with Records"),
         (b'{"EventName": "s3:ObjectCreated:Put"}', "without Records"),
         (b'{"Records": {"a": 1}}', "Records is not a list"),

@@ -79,7 +79,11 @@ class _Connection(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._queue.extend(self._decoder.feed(data))
+        messages = self._decoder.feed(data)
+        if len(messages) == 1 and not self._queue and not self._paused:
+            self._env._on_message(messages[0])  # the common case: one RESULT
+            return
+        self._queue.extend(messages)
         if not self._paused:
             self._drain()
 
@@ -132,8 +136,10 @@ class ExecutionEnvironment:
         self._transport: asyncio.Transport | None = None
         self._exit_fd: int | None = None
         self._owns_exit_fd = False
-        self._pending: asyncio.Future[protocol.Frame | Exited] | None = None
+        self._pending: asyncio.Future[protocol.Frame | protocol.Result | Exited] | None = None
         self._kill_reason: KillReason | None = None
+        self._deadline: float | None = None  # loop time the running invocation must end by
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._exited: asyncio.Future[Exited] = self._loop.create_future()
         self._exit_seen = False
         self._connection_lost = False
@@ -194,6 +200,7 @@ class ExecutionEnvironment:
         outcome = await self._wait(timeout, "timeout")
         if isinstance(outcome, Exited):
             return outcome
+        assert isinstance(outcome, protocol.Frame)
         # Like Lambda's Init Duration, this covers starting the runtime as well as the import.
         init_ms = (time.perf_counter() - started) * 1000
         header = outcome.header
@@ -204,20 +211,32 @@ class ExecutionEnvironment:
         self.state = "idle"
         return Ready(init_ms, None)
 
-    async def invoke(self, message: bytes, timeout: float) -> protocol.Frame | Exited:
-        """Send one INVOKE and wait for its RESULT, killing the environment at the deadline."""
+    async def invoke(self, message: bytes, timeout: float) -> protocol.Result | Exited:
+        """Send one INVOKE message and wait for its RESULT, killing the environment at the deadline."""
         if self.state != "idle" or self._transport is None:
             raise RuntimeError(f"environment is {self.state}, not idle")
         self.state = "busy"
         self.invocations += 1
-        self._pending = self._loop.create_future()
+        self._pending = pending = self._loop.create_future()
         self._transport.writelines(protocol.wire(message))
-        outcome = await self._wait(timeout, "timeout")
-        if not isinstance(outcome, Exited) and self.state == "busy" and self._kill_reason is None:
-            self.state = "idle"
-        return outcome
+        self._arm_deadline(self._loop.time() + timeout)
+        try:
+            outcome = await pending
+        except asyncio.CancelledError:
+            self.kill("cancelled")  # the handler still runs and nobody will read its result
+            raise
+        finally:
+            self._deadline = None
+            self._pending = None
+        if isinstance(outcome, protocol.Result):
+            if self.state == "busy" and self._kill_reason is None:
+                self.state = "idle"
+            return outcome
+        if isinstance(outcome, Exited):
+            return outcome
+        raise RuntimeError("worker answered an invocation with a non-RESULT message")
 
-    async def _wait(self, timeout: float, reason: KillReason) -> protocol.Frame | Exited:
+    async def _wait(self, timeout: float, reason: KillReason) -> protocol.Frame | protocol.Result | Exited:
         pending = self._pending
         assert pending is not None
         timer = self._loop.call_later(max(timeout, 0.0), self.kill, reason)
@@ -230,6 +249,26 @@ class ExecutionEnvironment:
         finally:
             timer.cancel()
             self._pending = None
+
+    def _arm_deadline(self, deadline: float) -> None:
+        """One timer per environment, not one per invocation: invocations are usually far shorter
+        than the timeout, so the timer is only re-aimed when it fires (or would fire too late)."""
+        self._deadline = deadline
+        timer = self._deadline_timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._deadline_timer = self._loop.call_at(deadline, self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        self._deadline_timer = None
+        deadline = self._deadline
+        if deadline is None or self.state != "busy":
+            return
+        if self._loop.time() >= deadline - 0.001:  # the loop's clock may wake us a hair early
+            self.kill("timeout")
+        else:
+            self._deadline_timer = self._loop.call_at(deadline, self._deadline_reached)
 
     def kill(self, reason: KillReason) -> None:
         """SIGKILL the environment's whole process group; waiters learn about it once it is reaped."""
@@ -320,6 +359,9 @@ class ExecutionEnvironment:
         if self.state == "dead":
             return
         self.state = "dead"
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self._exit_fd is not None:
             self._loop.remove_reader(self._exit_fd)
             if self._owns_exit_fd:
@@ -341,22 +383,29 @@ class ExecutionEnvironment:
     # -- the connection ---------------------------------------------------------------------------
 
     def _on_message(self, message: bytes) -> None:
+        pending = self._pending
+        if message[0] == protocol.RESULT:
+            result = protocol.decode_result(message)
+            if result.max_rss_kb * 1024 > self.peak_rss_bytes:
+                self.peak_rss_bytes = result.max_rss_kb * 1024
+            if result.retire:
+                self._retire("oom")
+            if pending is not None and not pending.done():
+                pending.set_result(result)
+            return
         frame = protocol.decode(message)
         kind, header = frame.kind, frame.header
         if kind == protocol.LOG:
             text = frame.body.decode("utf-8", "replace")
             self._on_log(self, header.get("id"), header.get("s", "stdout"), text)
             return
-        rss_kb = header.get("rss_kb")
-        if rss_kb is not None and rss_kb * 1024 > self.peak_rss_bytes:
-            self.peak_rss_bytes = rss_kb * 1024
-        if kind == protocol.READY and not header.get("ok"):
-            self._retire("init")
-        elif kind == protocol.RESULT and header.get("retire"):
-            self._retire("oom")
-        pending = self._pending
-        if pending is not None and not pending.done():
-            pending.set_result(frame)
+        if kind == protocol.READY:
+            rss_kb = header.get("rss_kb") or 0
+            self.peak_rss_bytes = max(self.peak_rss_bytes, rss_kb * 1024)
+            if not header.get("ok"):
+                self._retire("init")
+            if pending is not None and not pending.done():
+                pending.set_result(frame)
 
     def _retire(self, reason: KillReason) -> None:
         """The worker said it will exit; decided here, before its EOF can be processed, so the

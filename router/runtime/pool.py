@@ -83,6 +83,14 @@ def encode_event(event: Any) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    request_id: str
+    arn: str
+    client_context: dict[str, Any] | None
+    event: bytes
+
+
 @dataclass
 class _Function:
     """One function's environments and the queue of invocations waiting for one."""
@@ -92,7 +100,9 @@ class _Function:
     environment: dict[str, str]
     task_root: str
     code_path: str | None
+    arn: str
     log: Any
+    duration: Any = None  # the invocation_duration_seconds child for this function, if metrics
     envs: set[ExecutionEnvironment] = field(default_factory=set)
     idle: list[ExecutionEnvironment] = field(default_factory=list)
     waiters: collections.deque[asyncio.Future[ExecutionEnvironment | None]] = field(
@@ -107,13 +117,21 @@ class _Function:
     def limit(self) -> int:
         return self.config.reserved_concurrent_executions
 
-    async def acquire(self) -> ExecutionEnvironment | None:
-        """An idle environment, or None: the caller owns a free slot and starts a new one."""
+    def try_acquire(self) -> tuple[bool, ExecutionEnvironment | None]:
+        """Without waiting: (True, an idle environment), (True, None) when a free slot is now ours
+        to start one in, or (False, None) when every slot is taken."""
         if self.idle:
-            return self.idle.pop()  # most recently used: the warmest
+            return True, self.idle.pop()  # most recently used: the warmest
         if self.slots < self.limit and not self.waiters:
             self.slots += 1
-            return None
+            return True, None
+        return False, None
+
+    async def acquire(self) -> ExecutionEnvironment | None:
+        """An idle environment, or None: the caller owns a free slot and starts a new one."""
+        got, env = self.try_acquire()
+        if got:
+            return env
         waiter: asyncio.Future[ExecutionEnvironment | None] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         try:
@@ -194,7 +212,8 @@ class WorkerPool:
         })
         return _Function(
             name=name, config=fc, environment=env, task_root=task_root, code_path=code_path,
-            log=self._log.bind(function=name),
+            arn=self._config.function_arn(name), log=self._log.bind(function=name),
+            duration=self._metrics.invocation_duration_seconds.labels(name) if self._metrics else None,
         )
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -259,22 +278,25 @@ class WorkerPool:
         if fn.limit == 0:
             return self._throttled(fn, request_id)
         self._ensure_watchdog()
-        header: dict[str, Any] = {
-            "id": request_id,
-            "arn": invoked_function_arn or self._config.function_arn(function),
+        request = _Request(
+            request_id=request_id,
+            arn=invoked_function_arn or fn.arn,
             # ClientContext reaches the handler only on synchronous invocations.
-            "cc": dict(client_context) if client_context is not None and invocation_type == "RequestResponse" else None,
-        }
+            client_context=(
+                dict(client_context) if client_context is not None and invocation_type == "RequestResponse" else None
+            ),
+            event=body,
+        )
         fn.in_flight += 1
         try:
-            return await self._run(fn, await fn.acquire(), request_id, header, body)
+            got, env = fn.try_acquire()  # no suspension when an environment is idle: the hot path
+            return await self._run(fn, env if got else await fn.acquire(), request)
         finally:
             fn.in_flight -= 1
 
-    async def _run(
-        self, fn: _Function, env: ExecutionEnvironment | None, request_id: str, header: dict[str, Any], body: bytes
-    ) -> InvocationResult:
+    async def _run(self, fn: _Function, env: ExecutionEnvironment | None, request: _Request) -> InvocationResult:
         """One invocation on `env`, or on a new environment in the slot we hold when env is None."""
+        request_id = request.request_id
         timeout = float(fn.config.timeout)
         init_ms: float | None = None
         try:
@@ -287,15 +309,18 @@ class WorkerPool:
                     return self._finish(fn, request_id, self._init_failed(request_id, ready), init_ms)
                 # Init past Lambda's 10 s limit is charged to the function timeout.
                 timeout -= max(0.0, init_ms / 1000 - INIT_TIMEOUT_SECONDS)
-            header["deadline_ms"] = int(time.time() * 1000 + timeout * 1000)
+            deadline_ms = int(time.time() * 1000 + timeout * 1000)
+            message = protocol.encode_invoke(
+                request_id, deadline_ms, request.arn, request.client_context, request.event
+            )
             fn.log.debug("invocation.start", request_id=request_id, version=FUNCTION_VERSION)
             started = time.perf_counter()
-            outcome = await env.invoke(protocol.encode(protocol.INVOKE, header, body), timeout)
+            outcome = await env.invoke(message, timeout)
             if isinstance(outcome, Exited):
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 died = self._died(fn, request_id, outcome, fn.config.timeout, elapsed_ms)
                 return self._finish(fn, request_id, died, init_ms)
-            return self._finish(fn, request_id, self._completed(env, outcome), init_ms)
+            return self._finish(fn, request_id, self._completed(request_id, env, outcome), init_ms)
         finally:
             if env is not None:
                 fn.release(env)
@@ -329,23 +354,18 @@ class WorkerPool:
 
     # -- results ----------------------------------------------------------------------------------
 
-    def _completed(self, env: ExecutionEnvironment, frame: protocol.Frame) -> InvocationResult:
-        h = frame.header
-        duration_ms = float(h["ms"])
-        max_memory_mb = max(_mb(h["rss_kb"] * 1024), _mb(env.peak_rss_bytes))
-        error_type: str | None = h["error"]
-        if h.get("raw"):
-            payload: Any = frame.body
-        else:
-            payload = json.loads(frame.body)
+    def _completed(self, request_id: str, env: ExecutionEnvironment, result: protocol.Result) -> InvocationResult:
+        duration_ms = result.duration_ms
+        error_type = result.error_type
+        payload: Any = result.body if result.raw else json.loads(result.body)
         return InvocationResult(
-            request_id=h["id"],
+            request_id=request_id,
             payload=payload,
             function_error="Unhandled" if error_type else None,
             error_type=error_type,
             duration_ms=duration_ms,
             billed_duration_ms=_billed(duration_ms),
-            max_memory_used_mb=max_memory_mb,
+            max_memory_used_mb=_mb(max(result.max_rss_kb * 1024, env.peak_rss_bytes)),
         )
 
     def _died(
@@ -405,8 +425,8 @@ class WorkerPool:
         fn.invocations += 1
         outcome = result.outcome
         self._count(fn.name, outcome)
-        if self._metrics is not None:
-            self._metrics.invocation_duration_seconds.labels(fn.name).observe(result.duration_ms / 1000)
+        if fn.duration is not None:
+            fn.duration.observe(result.duration_ms / 1000)
         fn.log.debug("invocation.end", request_id=request_id)
         report: dict[str, Any] = {
             "request_id": request_id,

@@ -5,9 +5,11 @@ the daemon reads the same socket through an asyncio transport, so it needs to cu
 into the Connection's messages itself: a 4-byte big-endian signed length, or -1 followed by an
 8-byte length for messages over 2 GiB. `FrameDecoder` does exactly that, incrementally.
 
-Inside a message: one kind byte, a 4-byte header length, a small JSON header and an opaque body.
-The body is the event or the response, already JSON bytes: the event is serialised once in the
-daemon and never wrapped or re-encoded on the way to the handler.
+Inside a message: one kind byte first. The two messages of every invocation (INVOKE, RESULT) have
+fixed binary headers, because JSON headers would cost more than the round trip itself; the rare
+ones (READY, LOG, STOP) carry a 4-byte header length and a small JSON header. Bodies are opaque:
+the event is serialised to JSON once in the daemon and never wrapped or re-encoded on its way to
+the handler, and the response comes back as the handler's JSON.
 
 This module is imported by the worker process before the handler is, so it stays free of anything
 heavier than the standard library.
@@ -32,6 +34,12 @@ _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")
 _HEADER_LENGTH = struct.Struct("!I")
 _MAX_SHORT = 0x7FFFFFFF
+# kind, deadline (epoch ms), then the lengths of: request id, invoked ARN, client context JSON.
+_INVOKE = struct.Struct("!BqHHI")
+# kind, duration ms, peak RSS KiB, flags, then the length of the error type.
+_RESULT = struct.Struct("!BdqBH")
+_RAW = 1  # the body is bytes the handler returned, not JSON
+_RETIRE = 2  # the worker exits after this result (memory exhausted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +68,59 @@ class WorkerSpec:
     data_limit_bytes: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    request_id: str
+    deadline_ms: int
+    invoked_function_arn: str
+    client_context: dict[str, Any] | None
+    event: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    duration_ms: float
+    max_rss_kb: int
+    error_type: str | None  # set when the body is Lambda's error JSON
+    raw: bool
+    retire: bool
+    body: bytes
+
+
+def encode_invoke(
+    request_id: str, deadline_ms: int, arn: str, client_context: dict[str, Any] | None, event: bytes
+) -> bytes:
+    rid, arn_b = request_id.encode(), arn.encode()
+    cc = b"" if client_context is None else json.dumps(client_context).encode()
+    return b"".join((_INVOKE.pack(INVOKE, deadline_ms, len(rid), len(arn_b), len(cc)), rid, arn_b, cc, event))
+
+
+def decode_invoke(message: bytes) -> Invoke:
+    _, deadline_ms, n_id, n_arn, n_cc = _INVOKE.unpack_from(message)
+    a = _INVOKE.size
+    b = a + n_id
+    c = b + n_arn
+    d = c + n_cc
+    client_context = json.loads(message[c:d]) if n_cc else None
+    return Invoke(message[a:b].decode(), deadline_ms, message[b:c].decode(), client_context, message[d:])
+
+
+def encode_result(
+    duration_ms: float, max_rss_kb: int, error_type: str | None, body: bytes, *, raw: bool = False,
+    retire: bool = False,
+) -> bytes:
+    error = b"" if error_type is None else error_type.encode()
+    flags = (_RAW if raw else 0) | (_RETIRE if retire else 0)
+    return b"".join((_RESULT.pack(RESULT, duration_ms, max_rss_kb, flags, len(error)), error, body))
+
+
+def decode_result(message: bytes) -> Result:
+    _, duration_ms, max_rss_kb, flags, n_error = _RESULT.unpack_from(message)
+    start = _RESULT.size + n_error
+    error_type = message[_RESULT.size : start].decode() if n_error else None
+    return Result(duration_ms, max_rss_kb, error_type, bool(flags & _RAW), bool(flags & _RETIRE), message[start:])
+
+
 def encode(kind: int, header: dict[str, Any], body: bytes = b"") -> bytes:
     """One message as the worker's Connection.send_bytes expects it (no length prefix)."""
     head = json.dumps(header, separators=(",", ":")).encode()
@@ -67,6 +128,7 @@ def encode(kind: int, header: dict[str, Any], body: bytes = b"") -> bytes:
 
 
 def decode(message: bytes) -> Frame:
+    """A READY, LOG or STOP message (INVOKE and RESULT have their own decoders)."""
     (size,) = _HEADER_LENGTH.unpack_from(message, 1)
     header = json.loads(message[5 : 5 + size])
     return Frame(message[0], header, message[5 + size :])

@@ -153,6 +153,8 @@ class _CaptureStream(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if not self._pending:
+            return
         with self._lock:
             chunk, self._pending = "".join(self._pending), []
         if chunk:
@@ -275,6 +277,8 @@ class _Runtime:
         self._send_lock = threading.Lock()
         self.request_id: str | None = None
         self._memory_limit_kb = spec.memory_size_mb * 1024
+        self._memory_limit_mb = str(spec.memory_size_mb)
+        self._log_group_name = spec.environment.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
         self._stdout: TextIO = sys.stdout
         self._stderr: TextIO = sys.stderr
 
@@ -302,8 +306,10 @@ class _Runtime:
 
     def flush_output(self) -> None:
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
+            try:
                 stream.flush()
+            except Exception:  # a handler may have closed it (no suppress(): hot path)
+                continue
 
     def restore_output(self) -> None:
         self.flush_output()
@@ -334,19 +340,18 @@ class _Runtime:
                 message = self._conn.recv_bytes()
             except (EOFError, OSError):
                 return  # the daemon is gone or closed our connection
-            frame = protocol.decode(message)
-            if frame.kind == protocol.STOP:
-                return
-            if frame.kind == protocol.INVOKE:
-                retire = self.invoke(handler, frame.header, frame.body)
-                if retire:
+            kind = message[0]
+            if kind == protocol.INVOKE:
+                if self.invoke(handler, protocol.decode_invoke(message)):
                     return
+            elif kind == protocol.STOP:
+                return
 
     # -- one invocation ---------------------------------------------------------------------------
 
-    def invoke(self, handler: Handler, header: dict[str, Any], body: bytes) -> bool:
+    def invoke(self, handler: Handler, request: protocol.Invoke) -> bool:
         """Run one invocation and send its RESULT; True when this environment must not be reused."""
-        request_id: str = header["id"]
+        request_id = request.request_id
         self.request_id = request_id
         spec = self._spec
         error: dict[str, Any] | None = None
@@ -357,17 +362,17 @@ class _Runtime:
         try:
             context = LambdaContext(
                 aws_request_id=request_id,
-                deadline_ms=header["deadline_ms"],
-                invoked_function_arn=header["arn"],
+                deadline_ms=request.deadline_ms,
+                invoked_function_arn=request.invoked_function_arn,
                 function_name=spec.function_name,
-                memory_limit_in_mb=str(spec.memory_size_mb),
-                log_group_name=os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", ""),
+                memory_limit_in_mb=self._memory_limit_mb,
+                log_group_name=self._log_group_name,
                 log_stream_name=spec.log_stream_name,
-                client_context=header.get("cc"),
-                log_sink=lambda text: self.send_log("log", text),
+                client_context=request.client_context,
+                log_sink=self._context_log,
             )
             try:
-                event = json.loads(body)
+                event = json.loads(request.event)
             except ValueError as exc:
                 raise _Fault(errors.UNMARSHAL_ERROR, f"Unable to unmarshal input: {exc}") from None
             result = handler(event, context)
@@ -390,17 +395,16 @@ class _Runtime:
             if error["errorType"] != errors.OUT_OF_MEMORY:
                 self.send_log("log", _error_log_text(error))
         self.flush_output()
-        result_header = {
-            "id": request_id,
-            "error": None if error is None else error["errorType"],
-            "ms": duration_ms,
-            "rss_kb": max_rss_kb,
-            "raw": raw,
-            "retire": retire,
-        }
-        self.send(protocol.RESULT, result_header, response)
+        message = protocol.encode_result(
+            duration_ms, max_rss_kb, None if error is None else error["errorType"], response, raw=raw, retire=retire
+        )
+        with self._send_lock:
+            self._conn.send_bytes(message)
         self.request_id = None
         return retire
+
+    def _context_log(self, text: str) -> None:
+        self.send_log("log", text)
 
 
 def main(conn: Connection, spec: protocol.WorkerSpec) -> None:

@@ -1,0 +1,257 @@
+"""Benchmark: no-op invocations through the worker pool next to a bare multiprocessing Pipe.
+
+    .venv/bin/python bench/invoke.py [--invocations 5000] [--event-bytes 1024]
+
+Everything is measured in one run on the same machine, in alternating rounds (rates are the
+median of the rounds). The reference is the bare round trip: send
+the event's JSON bytes to a spawned process over a Pipe and receive a 4-byte reply, nothing else.
+Two more reference rows show where the pool's time goes:
+
+* "bare + event decoded": the same, but the child json-decodes the event before replying, the one
+  piece of work Lambda's contract makes unavoidable (the handler receives a dict);
+* "asyncio round trip": the bare echo child driven from an asyncio transport and a Future, the
+  floor for any `await pool.invoke(...)` API on the daemon's event loop.
+
+Pool rows use a real Metrics registry and a logger at WARNING (so the per-invocation REPORT line is
+not rendered); "REPORT logged" renders it through the daemon's JSON log pipeline to /dev/null.
+"daemon CPU" is the benchmark process's CPU time per invocation: the pool's own overhead,
+independent of how fast this machine wakes a sleeping process. Goal: pool rate >= 0.5 x bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import socket
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from router.config import Config, load_config_data
+from router.observability.logging import configure_logging
+from router.observability.metrics import Metrics
+from router.runtime.pool import WorkerPool, encode_event
+
+NOOP_HANDLER = "def handler(event, context):\n    return None\n"
+
+
+def make_event(size: int) -> Any:
+    """A Kinesis-shaped batch padded to about `size` bytes of JSON."""
+    record = {
+        "kinesis": {
+            "partitionKey": "user-1", "sequenceNumber": "49590338271490256608559692538361571095921575989136588898",
+            "data": "", "approximateArrivalTimestamp": 1_700_000_000.123, "kinesisSchemaVersion": "1.0",
+        },
+        "eventSource": "aws:kinesis", "eventID": "shardId-000000000000:495903382714902566085596925383615710959",
+        "eventName": "aws:kinesis:record", "eventVersion": "1.0", "awsRegion": "us-east-1",
+        "eventSourceARN": "arn:aws:kinesis:us-east-1:000000000000:stream/clicks",
+        "invokeIdentityArn": "arn:aws:iam::000000000000:role/metrics-role",
+    }
+    event = {"Records": [record]}
+    pad = max(0, size - len(encode_event(event)))
+    record["kinesis"]["data"] = "A" * pad  # type: ignore[index]
+    return event
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# ------------------------------------------------------------------------------------------------
+# bare round trip
+
+
+Measurement = tuple[float, list[float], float]  # invocations/s, latencies (s), daemon CPU s/invocation
+
+
+def _echo(conn: Connection, decode: bool) -> None:
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except EOFError:
+            return
+        if decode:
+            json.loads(message)
+        conn.send_bytes(b"null")
+
+
+def _spawn_echo(decode: bool) -> tuple[Connection, multiprocessing.process.BaseProcess]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=_echo, args=(child, decode), daemon=True)
+    process.start()
+    child.close()
+    return parent, process
+
+
+def bare_round_trips(payload: bytes, count: int, *, decode: bool = False) -> Measurement:
+    parent, process = _spawn_echo(decode)
+    for _ in range(200):
+        parent.send_bytes(payload)
+        parent.recv_bytes()
+    latencies: list[float] = []
+    cpu, started = time.process_time(), time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        parent.send_bytes(payload)
+        parent.recv_bytes()
+        latencies.append(time.perf_counter() - t0)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    parent.close()
+    process.join(5)
+    return count / elapsed, latencies, cpu / count
+
+
+class _OneReply(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.waiter: asyncio.Future[bytes] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(data)
+
+
+async def asyncio_round_trips(payload: bytes, count: int) -> Measurement:
+    parent, process = _spawn_echo(False)
+    sock = socket.socket(fileno=os.dup(parent.fileno()))
+    parent.close()
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    reply = _OneReply()
+    transport, _ = await loop.create_unix_connection(lambda: reply, sock=sock)
+    framed = struct.pack("!i", len(payload)) + payload
+    latencies: list[float] = []
+    for i in range(count + 200):
+        if i == 200:
+            cpu, started = time.process_time(), time.perf_counter()
+        t0 = time.perf_counter()
+        reply.waiter = loop.create_future()
+        transport.write(framed)
+        await reply.waiter
+        if i >= 200:
+            latencies.append(time.perf_counter() - t0)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    transport.close()
+    process.join(5)
+    return count / elapsed, latencies, cpu / count
+
+
+# ------------------------------------------------------------------------------------------------
+# pool
+
+
+def pool_config(code_path: Path, environments: int) -> Config:
+    return load_config_data({
+        "functions": {"noop": {
+            "handler": "bench_noop.handler", "code_path": str(code_path),
+            "reserved_concurrent_executions": environments, "timeout": 30,
+        }},
+    })
+
+
+async def pool_round_trips(config: Config, event: Any, count: int, concurrency: int, log: Any) -> Measurement:
+    pool = WorkerPool(config, metrics=Metrics(), log=log)
+    await pool.start()
+    try:
+        # Warm every environment (cold starts are not what this measures).
+        await asyncio.gather(*(pool.invoke("noop", event) for _ in range(concurrency)))
+        for _ in range(200):
+            await pool.invoke("noop", event)
+        latencies: list[float] = []
+
+        async def client(n: int) -> None:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                result = await pool.invoke("noop", event)
+                latencies.append(time.perf_counter() - t0)
+                if not result.ok:
+                    raise RuntimeError(f"benchmark invocation failed: {result.payload}")
+
+        cpu, started = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(client(count // concurrency) for _ in range(concurrency)))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return len(latencies) / elapsed, latencies, cpu / len(latencies)
+    finally:
+        await pool.close()
+
+
+def quiet_logger() -> Any:
+    return structlog.wrap_logger(
+        structlog.PrintLogger(sys.stderr), wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--invocations", type=int, default=5000)
+    parser.add_argument("--event-bytes", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; rates are their median")
+    args = parser.parse_args(argv)
+
+    event = make_event(args.event_bytes)
+    payload = encode_event(event)
+    per_round = max(1, args.invocations // args.rounds)
+    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp, open(os.devnull, "w") as devnull:
+        code = Path(tmp)
+        (code / "bench_noop.py").write_text(NOOP_HANDLER)
+        one, two = pool_config(code, 1), pool_config(code, 2)
+
+        def report_logged() -> Measurement:
+            configure_logging("info", "json", stream=devnull)
+            return asyncio.run(pool_round_trips(one, event, per_round, 1, structlog.get_logger("bench")))
+
+        runs: dict[str, Callable[[], Measurement]] = {
+            "bare Pipe round trip": lambda: bare_round_trips(payload, per_round),
+            "bare + event decoded": lambda: bare_round_trips(payload, per_round, decode=True),
+            "asyncio round trip": lambda: asyncio.run(asyncio_round_trips(payload, per_round)),
+            "pool, 1 env": lambda: asyncio.run(pool_round_trips(one, event, per_round, 1, quiet_logger())),
+            "pool, 2 envs": lambda: asyncio.run(pool_round_trips(two, event, per_round, 2, quiet_logger())),
+            "pool, 1 env, REPORT logged": report_logged,
+        }
+        # Rounds alternate between rows so that drift on a shared machine hits every row alike.
+        samples: dict[str, list[Measurement]] = {name: [] for name in runs}
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                samples[name].append(run())
+    rows = [
+        (name, (
+            statistics.median(m[0] for m in ms),
+            [latency for m in ms for latency in m[1]],
+            statistics.median(m[2] for m in ms),
+        ))
+        for name, ms in samples.items()
+    ]
+
+    bare_rate, bare_latencies, _ = rows[0][1]
+    print(f"event: {len(payload)} bytes of JSON; {per_round * args.rounds} invocations per row "
+          f"in {args.rounds} alternating rounds; "
+          f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
+    print(f"{'':28} {'inv/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'daemon CPU':>11} {'x bare':>7}")
+    for name, (rate, latencies, cpu) in rows:
+        print(f"{name:28} {rate:8.0f} {percentile(latencies, 0.5) * 1000:8.3f} "
+              f"{percentile(latencies, 0.99) * 1000:8.3f} {cpu * 1e6:8.0f} us {rate / bare_rate:7.2f}")
+    pool_rate, pool_latencies, _ = rows[3][1]
+    overhead = {q: (percentile(pool_latencies, q) - percentile(bare_latencies, q)) * 1e6 for q in (0.5, 0.99)}
+    print(f"pool overhead over the bare round trip (1 env): p50 {overhead[0.5]:.0f} us, p99 {overhead[0.99]:.0f} us")
+    ratio = pool_rate / bare_rate
+    print(f"goal pool >= 0.5 x bare: {'met' if ratio >= 0.5 else 'NOT met'} ({ratio:.2f}); "
+          f"pool / asyncio round trip: {pool_rate / rows[2][1][0]:.2f}")
+    print(json.dumps({name: round(rate) for name, (rate, _, _) in rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,6 +44,11 @@ class ShardCheckpoint:
         return self._pending[0] if self._pending else self._next
 
     @property
+    def next_offset(self) -> int:
+        """One past the newest tracked record: anything below it was seen already."""
+        return self._next
+
+    @property
     def sequence_number(self) -> int:
         """Offset of the last record the checkpoint covers (-1 before the first)."""
         return self.position - 1

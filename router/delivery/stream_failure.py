@@ -46,7 +46,7 @@ def failure_record(
     shard_id: str,
     stream_arn: str,
     records: Sequence[StreamRecord],
-    payload: Mapping[str, Any],
+    payload: Mapping[str, Any] | None,
     approximate_invoke_count: int,
     last_result: InvocationResult | None,
     now: float,
@@ -78,7 +78,8 @@ def failure_record(
         "batchSize": len(records),
         "streamArn": stream_arn,
     }
-    record["payload"] = payload
+    if payload is not None:
+        record["payload"] = payload
     return record
 
 

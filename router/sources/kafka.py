@@ -1,0 +1,441 @@
+"""The Kafka side of a stream mapping: group membership, shard iterators, fetching, commits.
+
+One consumer group per mapping, never auto-committing. The source only moves records and
+positions; what a shard does with its records is the owner's business (`ShardOwner`):
+
+* **Assignment** (a rebalance gave us partitions): the starting position of each shard is the
+  group's committed offset; without one, `starting_position` decides (TRIM_HORIZON: the oldest
+  record, LATEST: the end, AT_TIMESTAMP: the broker's offset-for-time lookup, and the owner skips
+  any leading records older than the timestamp, since some brokers (Tansu) answer that lookup
+  loosely). A LATEST position is committed at once, so a restart before the first record does not
+  move "latest" forward and miss what arrived meanwhile (Lambda keeps its iterator too).
+* **Revocation**: the owner finishes or abandons its in-flight batches (bounded) and the done
+  checkpoints are committed while the generation still owns the shards. A commit from a member
+  that lost its shards is refused by the group (CommitFailedError, IllegalStateError): it is
+  logged and the checkpoint stays where the group last acknowledged it.
+* **Fetching** never blocks on a shard: records are handed over and the shard is paused when its
+  buffer is full, resumed when it drains (`pause`/`resume`).
+* **Connection loss**: aiokafka reconnects by itself; a consumer that cannot start or fails
+  outright is rebuilt with backoff. A probe (end offsets or metadata) tells the "kafka" tracker and
+  `router_broker_connected` whether the broker answers, logged once per change of state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import ConsumerRecord
+
+from router.config import Config, KafkaConfig, StreamMapping
+from router.delivery.checkpoint import ShardCheckpoint
+from router.delivery.stream_retries import Backoff
+from router.observability.metrics import Metrics
+from router.observability.progress import ProgressBoard
+
+PROBE_INTERVAL_SECONDS = 2.0
+PROBE_TIMEOUT_SECONDS = 5.0
+FETCH_TIMEOUT_MS = 500
+COMMIT_WAIT_SECONDS = 5.0
+
+
+def client_options(kafka: KafkaConfig) -> dict[str, Any]:
+    """aiokafka keyword arguments for the configured brokers and security settings."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+        )
+    if kafka.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        options["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    return options
+
+
+def consumer_options(config: Config, name: str, mapping: StreamMapping) -> dict[str, Any]:
+    kafka = config.kafka or KafkaConfig()
+    function = config.functions.get(mapping.function_name)
+    timeout_ms = (function.timeout if function else 900) * 1000
+    return {
+        **client_options(kafka),
+        "client_id": f"{kafka.client_id}-{name}",
+        "group_id": mapping.group_id(name),
+        "enable_auto_commit": False,
+        # Only reached when a committed offset fell out of retention: resume at the trim horizon,
+        # as an expired Kinesis iterator would, rather than skip to the end.
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": kafka.session_timeout_ms,
+        "heartbeat_interval_ms": min(kafka.heartbeat_interval_ms, kafka.session_timeout_ms // 3),
+        # The group waits for our revocation, which may finish an invocation in flight.
+        "rebalance_timeout_ms": kafka.session_timeout_ms + timeout_ms + 5000,
+        "max_poll_interval_ms": max(300_000, timeout_ms + 60_000),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStart:
+    offset: int  # the position the shard is read from (what the group has or should have committed)
+    committed: bool  # whether the group already holds this position
+    skip_before: float | None = None  # AT_TIMESTAMP: skip leading records older than this
+
+
+class ShardOwner(Protocol):
+    async def shards_assigned(self, starts: Mapping[int, ShardStart]) -> None: ...
+
+    async def drain(self, partitions: set[int], timeout: float | None) -> None:
+        """Stop the shards (no new batch; in-flight work bounded by `timeout`, default the
+        function timeout); their checkpoints stay readable until `release`."""
+        ...
+
+    def release(self, partitions: set[int]) -> None: ...
+
+    def records(self, partition: int, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        """Take fetched records; False when the partition has no shard yet (fetch them again)."""
+        ...
+
+    def checkpoints(self) -> Mapping[int, ShardCheckpoint]: ...
+
+    def high_watermarks(self, offsets: Mapping[int, int]) -> None: ...
+
+
+class Committer:
+    """Commits every dirty checkpoint in one request; concurrent requests share one queued flush,
+    so N shards finishing together cost one or two commits, never N."""
+
+    def __init__(self, commit: Callable[[dict[int, int]], Awaitable[set[int]]],
+                 checkpoints: Callable[[], Mapping[int, ShardCheckpoint]]) -> None:
+        self._commit = commit
+        self._checkpoints = checkpoints
+        self._lock = asyncio.Lock()
+        self._queued: asyncio.Task[None] | None = None
+
+    def schedule(self) -> asyncio.Task[None]:
+        if self._queued is None:
+            self._queued = asyncio.get_running_loop().create_task(self._run())
+        return self._queued
+
+    async def _run(self) -> None:
+        async with self._lock:
+            self._queued = None  # later requests need a flush that sees their checkpoints
+            checkpoints = dict(self._checkpoints())
+            offsets = {p: cp.position for p, cp in checkpoints.items() if cp.dirty}
+            if not offsets:
+                return
+            for partition in await self._commit(offsets):
+                checkpoints[partition].mark_committed(offsets[partition])
+
+    async def flush(self, timeout: float = COMMIT_WAIT_SECONDS) -> None:
+        """Commit what is done now; give up waiting after `timeout` (the flush goes on)."""
+        await asyncio.wait({self.schedule()}, timeout=timeout)
+
+    def dirty(self) -> bool:
+        return any(cp.dirty for cp in self._checkpoints().values())
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaStreamSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._source._revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._source._assigned({tp.partition for tp in assigned})
+
+
+class KafkaStreamSource:
+    def __init__(
+        self,
+        name: str,
+        mapping: StreamMapping,
+        config: Config,
+        owner: ShardOwner,
+        *,
+        metrics: Metrics,
+        board: ProgressBoard,
+        log: Any = None,
+    ) -> None:
+        self.name = name
+        self.mapping = mapping
+        self.topic = mapping.kafka_topic
+        self._config = config
+        self._owner = owner
+        self._metrics = metrics
+        self._broker = board.tracker("kafka", kind="broker")
+        self._log = (log or structlog.get_logger("router.sources.kafka")).bind(mapping=name)
+        self._options = consumer_options(config, name, mapping)
+        self.committer = Committer(self._commit_offsets, owner.checkpoints)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._connected: bool | None = None
+        self._commit_problem: str | None = None
+        self.state = "Creating"
+        self.last_error: str | None = None
+        self._backoff = Backoff(0.5, 30.0)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the consumer (or keep trying in the background if the broker is not there yet)."""
+        first = asyncio.get_running_loop().create_future()
+        self._supervisor = asyncio.create_task(self._supervise(first), name=f"stream:{self.name}:consumer")
+        self._prober = asyncio.create_task(self._probe_loop(), name=f"stream:{self.name}:probe")
+        await asyncio.wait({first, self._supervisor}, return_when=asyncio.FIRST_COMPLETED)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop fetching, finish or abandon in-flight batches (bounded), commit, leave the group."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._stopping.set()
+        for task in (self._prober, self._supervisor):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        consumer = self._consumer
+        if consumer is not None:
+            await self._hand_back({tp.partition for tp in consumer.assignment()},
+                                  max(0.1, deadline - loop.time() - 1.0))
+        await self._close_consumer(max(1.0, deadline - loop.time()))
+        self.state = "Disabled"
+
+    async def _hand_back(self, partitions: set[int], timeout: float | None) -> None:
+        """Drain the shards, commit what they finished (we still own them), forget them."""
+        try:
+            await self._owner.drain(partitions, timeout)
+            await self.committer.flush()
+        finally:
+            self._owner.release(partitions)
+
+    async def _close_consumer(self, timeout: float) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        self._consumer = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), timeout=timeout)
+
+    async def _supervise(self, first: asyncio.Future[None]) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            consumer = AIOKafkaConsumer(**self._options)
+            try:
+                await consumer.start()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                failures += 1
+                self._set_connected(False, f"{type(exc).__name__}: {exc}")
+                self.state = "Reconnecting"
+                if not first.done():
+                    first.set_result(None)
+                await asyncio.sleep(self._backoff.delay(failures))
+                continue
+            failures = 0
+            self._consumer = consumer
+            self._set_connected(True)
+            consumer.subscribe([self.topic], listener=_Listener(self))
+            self.state = "Enabled"
+            self._log.info("stream.consumer_started", group_id=self._options["group_id"], topic=self.topic)
+            if not first.done():
+                first.set_result(None)
+            try:
+                await self._fetch(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the consumer is unusable: rebuild it, shards start over
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._log.error("stream.consumer_failed", error_type=type(exc).__name__, error=str(exc))
+                self.state = "Reconnecting"
+                await self._hand_back({tp.partition for tp in consumer.assignment()}, None)
+                await self._close_consumer(PROBE_TIMEOUT_SECONDS)
+                await asyncio.sleep(self._backoff.delay(1))
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> None:
+        errors = 0
+        while not self._stopping.is_set():
+            try:
+                batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
+            except KafkaError as exc:
+                errors += 1
+                if errors == 1:
+                    self._log.warning("stream.fetch_failed", error_type=type(exc).__name__, error=str(exc))
+                await asyncio.sleep(self._backoff.delay(errors))
+                continue
+            errors = 0
+            for tp, records in batches.items():
+                if records and not self._owner.records(tp.partition, records):
+                    with contextlib.suppress(IllegalStateError):
+                        consumer.seek(tp, records[0].offset)
+
+    # -- rebalance ---------------------------------------------------------------------------------
+
+    async def _revoked(self, partitions: set[int]) -> None:
+        if partitions:
+            self._log.info("stream.shards_revoked", shards=sorted(partitions))
+        try:
+            await self._hand_back(partitions, None)
+        except Exception as exc:
+            self._log.exception("stream.revoke_failed", error_type=type(exc).__name__)
+
+    async def _assigned(self, partitions: set[int]) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            starts = await self._start_positions(consumer, partitions)
+            for partition, start in starts.items():
+                consumer.seek(TopicPartition(self.topic, partition), start.offset)
+            await self._owner.shards_assigned(starts)
+            self._log.info("stream.shards_assigned", shards=sorted(partitions),
+                           positions={p: s.offset for p, s in starts.items()})
+            established = {p: s.offset for p, s in starts.items()
+                           if not s.committed and self.mapping.starting_position == "LATEST"}
+            if established:
+                committed = await self._commit_offsets(established)
+                for partition in committed:
+                    self._owner.checkpoints()[partition].mark_committed(established[partition])
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._log.exception("stream.assign_failed", error_type=type(exc).__name__)
+
+    async def _start_positions(self, consumer: AIOKafkaConsumer, partitions: set[int]) -> dict[int, ShardStart]:
+        starts: dict[int, ShardStart] = {}
+        missing: list[TopicPartition] = []
+        for partition in sorted(partitions):
+            tp = TopicPartition(self.topic, partition)
+            committed = await consumer.committed(tp)
+            if committed is not None and committed >= 0:
+                starts[partition] = ShardStart(committed, committed=True)
+            else:
+                missing.append(tp)
+        if not missing:
+            return starts
+        mapping = self.mapping
+        beginning = await consumer.beginning_offsets(missing)
+        if mapping.starting_position == "TRIM_HORIZON":
+            for tp in missing:
+                starts[tp.partition] = ShardStart(beginning[tp], committed=False)
+        elif mapping.starting_position == "LATEST":
+            end = await consumer.end_offsets(missing)
+            for tp in missing:
+                starts[tp.partition] = ShardStart(end[tp], committed=False)
+        else:
+            stamp = float(mapping.starting_position_timestamp or 0)
+            found = await consumer.offsets_for_times({tp: int(stamp * 1000) for tp in missing})
+            end = await consumer.end_offsets(missing)
+            for tp in missing:
+                hit = found.get(tp)
+                offset = end[tp] if hit is None else hit.offset
+                # Never before the trim horizon; the owner skips leading records older than stamp.
+                starts[tp.partition] = ShardStart(max(offset, beginning[tp]), committed=False, skip_before=stamp)
+        return starts
+
+    # -- commits ---------------------------------------------------------------------------------------
+
+    async def _commit_offsets(self, offsets: dict[int, int]) -> set[int]:
+        """Commit what the group still lets us commit; the partitions whose commit was accepted."""
+        consumer = self._consumer
+        if consumer is None or not offsets:
+            return set()
+        assigned = {tp.partition for tp in consumer.assignment()}
+        owned = {TopicPartition(self.topic, p): o for p, o in offsets.items() if p in assigned}
+        if not owned:
+            return set()
+        try:
+            await consumer.commit(owned)
+        except (CommitFailedError, IllegalStateError) as exc:
+            self._commit_failed("refused", exc)
+            return set()
+        except KafkaError as exc:
+            self._commit_failed("failed", exc)
+            return set()
+        if self._commit_problem is not None:
+            self._log.info("stream.commit_recovered")
+            self._commit_problem = None
+        return {tp.partition for tp in owned}
+
+    def _commit_failed(self, how: str, exc: Exception) -> None:
+        problem = f"{how}:{type(exc).__name__}"
+        if problem != self._commit_problem:
+            # Refused = fenced by the group generation (the shard moved on); the checkpoint stays.
+            self._log.warning(f"stream.commit_{how}", error_type=type(exc).__name__, error=str(exc).splitlines()[0])
+            self._commit_problem = problem
+        self.last_error = f"commit {how}: {type(exc).__name__}"
+
+    # -- flow control ------------------------------------------------------------------------------
+
+    def pause(self, partition: int) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            with contextlib.suppress(IllegalStateError):
+                consumer.pause(TopicPartition(self.topic, partition))
+
+    def resume(self, partition: int) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            with contextlib.suppress(IllegalStateError):
+                consumer.resume(TopicPartition(self.topic, partition))
+
+    # -- broker health and lag ---------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            consumer = self._consumer
+            if consumer is None:
+                continue
+            try:
+                assigned = list(consumer.assignment())
+                if assigned:
+                    ends = await asyncio.wait_for(consumer.end_offsets(assigned), PROBE_TIMEOUT_SECONDS)
+                    self._owner.high_watermarks({tp.partition: offset for tp, offset in ends.items()})
+                else:
+                    await asyncio.wait_for(consumer.topics(), PROBE_TIMEOUT_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._set_connected(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                continue
+            self._set_connected(True)
+            if self.committer.dirty():
+                self.committer.schedule()
+
+    def _set_connected(self, up: bool, detail: str = "") -> None:
+        self._metrics.broker_connected.labels("kafka").set(1 if up else 0)
+        self._broker.set_up(up, "" if up else detail)
+        if up == self._connected:
+            return
+        self._connected = up
+        if up:
+            self._log.info("stream.broker_connected", bootstrap_servers=self._options["bootstrap_servers"])
+        else:
+            self.last_error = detail
+            self._log.warning("stream.broker_unreachable", bootstrap_servers=self._options["bootstrap_servers"],
+                              error=detail)
+
+    def status(self) -> dict[str, Any]:
+        consumer = self._consumer
+        return {
+            "state": self.state,
+            "group_id": self._options["group_id"],
+            "topic": self.topic,
+            "broker_connected": self._connected,
+            "assigned": sorted(tp.partition for tp in consumer.assignment()) if consumer is not None else [],
+            "last_error": self.last_error,
+        }

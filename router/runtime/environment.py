@@ -6,8 +6,8 @@ All waiting is asyncio: the worker's socket is an asyncio transport (so a chatty
 to multiprocessing's sentinel pipe where pidfds do not exist.
 
 An environment is in exactly one state: starting, idle, busy or dead. Every way out of it
-(graceful stop, timeout, memory kill, crash) ends in the same place, `_reaped`, which resolves
-whatever the caller was waiting for with an `Exited` describing why.
+(graceful stop, timeout, memory kill, crash) ends in the same place, `_finish`, which runs once the
+process is reaped and resolves whatever the caller was waiting for with an `Exited` saying why.
 """
 
 from __future__ import annotations
@@ -181,6 +181,9 @@ class ExecutionEnvironment:
         )
         try:
             process.start()
+        except BaseException:
+            parent_conn.close()
+            raise
         finally:
             child_conn.close()
         self._process = process
@@ -197,7 +200,7 @@ class ExecutionEnvironment:
             transport.close()
         else:
             self._transport = transport
-        outcome = await self._wait(timeout, "timeout")
+        outcome = await self._wait_ready(timeout)
         if isinstance(outcome, Exited):
             return outcome
         assert isinstance(outcome, protocol.Frame)
@@ -236,10 +239,10 @@ class ExecutionEnvironment:
             return outcome
         raise RuntimeError("worker answered an invocation with a non-RESULT message")
 
-    async def _wait(self, timeout: float, reason: KillReason) -> protocol.Frame | protocol.Result | Exited:
+    async def _wait_ready(self, timeout: float) -> protocol.Frame | protocol.Result | Exited:
         pending = self._pending
         assert pending is not None
-        timer = self._loop.call_later(max(timeout, 0.0), self.kill, reason)
+        timer = self._loop.call_later(max(timeout, 0.0), self.kill, "timeout")
         try:
             return await pending
         except asyncio.CancelledError:

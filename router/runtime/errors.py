@@ -22,6 +22,7 @@ MALFORMED_HANDLER_NAME = "Runtime.MalformedHandlerName"
 BUILT_IN_MODULE_CONFLICT = "Runtime.BuiltInModuleConflict"
 MARSHAL_ERROR = "Runtime.MarshalError"
 UNMARSHAL_ERROR = "Runtime.UnmarshalError"
+RESPONSE_TOO_LARGE = "Function.ResponseSizeTooLarge"
 
 # What Lambda's Invoke answers when reserved concurrency is 0 (HTTP 429, Reason
 # ReservedFunctionConcurrentInvocationLimitExceeded).
@@ -77,3 +78,7 @@ def exit_message(request_id: str, exitcode: int | None) -> str:
 def out_of_memory_message(request_id: str) -> str:
     # Lambda's wording: the sandbox's memory cgroup SIGKILLs the runtime.
     return exit_message(request_id, -signal.SIGKILL)
+
+
+def response_too_large_message(limit_bytes: int) -> str:
+    return f"Response payload size exceeded maximum allowed payload size ({limit_bytes} bytes)."

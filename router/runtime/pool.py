@@ -12,6 +12,12 @@ handler never runs, and the `invocations` metric counts it under outcome "thrott
 Every way an environment can end — timeout, crash, memory, failed init — costs only that
 environment: the invocation gets Lambda's error, the process group is killed and reaped, and the
 next invocation starts a fresh one (module globals re-initialised, files in /tmp kept).
+
+memory_size is enforced three ways, because each alone has a gap: the daemon samples the RSS of
+running environments (MEMORY_WATCH_INTERVAL) and kills one that passes it; the worker reports its
+peak RSS with every result, catching spikes shorter than a sample; and RLIMIT_DATA, set well above
+memory_size (RSS limits don't exist on Linux and virtual sizes overcount), turns a runaway
+allocation into a MemoryError at once. All three end as Runtime.OutOfMemory.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ InvocationType = Literal["RequestResponse", "Event"]
 INIT_TIMEOUT_SECONDS = 10.0
 # How often the RSS of busy environments is checked against memory_size.
 MEMORY_WATCH_INTERVAL = 0.05
+# Lambda's limit on a synchronous invocation's response (6 MB as Lambda counts it).
+MAX_RESPONSE_BYTES = 6_291_556
 # close(): how long a busy worker may take to finish before it is signalled.
 CLOSE_GRACE_SECONDS = 2.0
 # RLIMIT_DATA backstop = memory_size * factor + slack (see worker._limit_memory).
@@ -89,6 +97,7 @@ class _Request:
     arn: str
     client_context: dict[str, Any] | None
     event: bytes
+    synchronous: bool
 
 
 @dataclass
@@ -286,6 +295,7 @@ class WorkerPool:
                 dict(client_context) if client_context is not None and invocation_type == "RequestResponse" else None
             ),
             event=body,
+            synchronous=invocation_type == "RequestResponse",
         )
         fn.in_flight += 1
         try:
@@ -320,7 +330,7 @@ class WorkerPool:
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 died = self._died(fn, request_id, outcome, fn.config.timeout, elapsed_ms)
                 return self._finish(fn, request_id, died, init_ms)
-            return self._finish(fn, request_id, self._completed(request_id, env, outcome), init_ms)
+            return self._finish(fn, request_id, self._completed(request, env, outcome), init_ms)
         finally:
             if env is not None:
                 fn.release(env)
@@ -354,18 +364,25 @@ class WorkerPool:
 
     # -- results ----------------------------------------------------------------------------------
 
-    def _completed(self, request_id: str, env: ExecutionEnvironment, result: protocol.Result) -> InvocationResult:
+    def _completed(self, request: _Request, env: ExecutionEnvironment, result: protocol.Result) -> InvocationResult:
         duration_ms = result.duration_ms
         error_type = result.error_type
-        payload: Any = result.body if result.raw else json.loads(result.body)
+        max_memory_used_mb = _mb(max(result.max_rss_kb * 1024, env.peak_rss_bytes))
+        if error_type is None and request.synchronous and len(result.body) > MAX_RESPONSE_BYTES:
+            error_type = errors.RESPONSE_TOO_LARGE
+            payload: Any = errors.error_payload(
+                errors.response_too_large_message(MAX_RESPONSE_BYTES), error_type, request.request_id
+            )
+        else:
+            payload = result.body if result.raw else json.loads(result.body)
         return InvocationResult(
-            request_id=request_id,
+            request_id=request.request_id,
             payload=payload,
             function_error="Unhandled" if error_type else None,
             error_type=error_type,
             duration_ms=duration_ms,
             billed_duration_ms=_billed(duration_ms),
-            max_memory_used_mb=_mb(max(result.max_rss_kb * 1024, env.peak_rss_bytes)),
+            max_memory_used_mb=max_memory_used_mb,
         )
 
     def _died(
@@ -475,8 +492,8 @@ class WorkerPool:
             if self._metrics is not None:
                 self._metrics.worker_restarts.labels(fn.name, reason).inc()
             fn.log.warning(
-                "environment.replaced", reason=reason, pid=env.pid, exit=errors_exit(exited),
-                invocations=env.invocations,
+                "environment.replaced", reason=reason, pid=env.pid,
+                exit=errors.exit_description(exited.exitcode), invocations=env.invocations,
             )
         else:
             fn.log.debug("environment.stopped", pid=env.pid, invocations=env.invocations)
@@ -488,23 +505,20 @@ class WorkerPool:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch_memory())
 
     async def _watch_memory(self) -> None:
-        """Kill a busy environment whose RSS passes memory_size, as Lambda's cgroup would."""
+        """Kill an environment whose RSS passes memory_size while it runs user code (init or an
+        invocation), as Lambda's memory cgroup would."""
         while True:
             await asyncio.sleep(MEMORY_WATCH_INTERVAL)
             for fn in self._functions.values():
                 limit = fn.config.memory_size * _MB
                 for env in list(fn.envs):
-                    if env.state != "busy":
+                    if env.state == "idle" or env.state == "dead":
                         continue
                     rss = env.sample_rss()
                     if rss is not None and rss > limit:
                         fn.log.warning("environment.out_of_memory", pid=env.pid, rss_mb=_mb(rss),
                                        memory_size_mb=fn.config.memory_size)
                         env.kill("oom")
-
-
-def errors_exit(exited: Exited) -> str:
-    return errors.exit_description(exited.exitcode)
 
 
 def _mb(n_bytes: float) -> int:

@@ -550,6 +550,14 @@ async def test_big_event_and_big_response(make_pool: MakePool) -> None:
     assert echoed.ok and echoed.payload["event"]["blob"] == blob
     big = await h.pool.invoke("big", {"size": 6 * 1024 * 1024})
     assert big.ok and big.payload == "x" * (6 * 1024 * 1024)
+    too_big = await h.pool.invoke("big", {"size": 6_291_556})  # + 2 quotes: over Lambda's limit
+    assert too_big.error_type == "Function.ResponseSizeTooLarge"
+    assert too_big.payload["errorMessage"] == (
+        "Response payload size exceeded maximum allowed payload size (6291556 bytes)."
+    )
+    # Asynchronous invocations have no caller to answer: the limit is for synchronous ones.
+    async_big = await h.pool.invoke("big", {"size": 6_291_556}, invocation_type="Event")
+    assert async_big.ok
 
 
 # ------------------------------------------------------------------------------------------------

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import uuid
 from multiprocessing.connection import Connection, Pipe
 
 import pytest
 
 from router.commands.invoke import lambda_text
 from router.runtime import errors, protocol
-from router.runtime.pool import encode_event, is_throttled
+from router.runtime.pool import encode_event, is_throttled, new_request_id
 from router.runtime.result import InvocationResult
 
 
@@ -127,3 +128,11 @@ def test_start_end_and_function_log_lines() -> None:
     )
     assert lambda_text(None, "debug", {"event": "invocation.end", "request_id": "r"}) == "END RequestId: r"
     assert lambda_text(None, "info", {"event": "function.log", "request_id": "r", "message": "hi"}) == "hi"
+
+
+def test_request_ids_are_random_version_4_uuids() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for request_id in list(ids)[:50]:
+        parsed = uuid.UUID(request_id)
+        assert parsed.version == 4 and str(parsed) == request_id

@@ -85,6 +85,39 @@ def consumer_options(config: Config, name: str, mapping: StreamMapping) -> dict[
     }
 
 
+async def high_watermarks(kafka: KafkaConfig, topic: str, partitions: list[int],
+                          timeout: float = PROBE_TIMEOUT_SECONDS) -> dict[int, int]:
+    """Each partition's end offset, confirmed by a fetch.
+
+    Some brokers (Tansu) answer ListOffsets(LATEST) with one past the *first* offset of the last
+    record batch, not of its last record; a fetch response carries the true high watermark. A
+    short-lived consumer without a group seeks to the listed end and fetches once per partition.
+    """
+    consumer = AIOKafkaConsumer(**client_options(kafka), client_id=f"{kafka.client_id}-watermarks",
+                                enable_auto_commit=False, fetch_max_wait_ms=50)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        found = {tp.partition: ends[tp] for tp in tps}
+        for tp in tps:
+            consumer.seek(tp, ends[tp])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = set(tps)
+        while pending and loop.time() < deadline:
+            await consumer.getmany(*pending, timeout_ms=100, max_records=1)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    found[tp.partition] = max(found[tp.partition], highwater)
+                    pending.discard(tp)
+        return found
+    finally:
+        await consumer.stop()
+
+
 @dataclass(frozen=True, slots=True)
 class ShardStart:
     offset: int  # the position the shard is read from (what the group has or should have committed)
@@ -332,9 +365,10 @@ class KafkaStreamSource:
             for tp in missing:
                 starts[tp.partition] = ShardStart(beginning[tp], committed=False)
         elif mapping.starting_position == "LATEST":
-            end = await consumer.end_offsets(missing)
+            kafka = self._config.kafka or KafkaConfig()
+            end = await high_watermarks(kafka, self.topic, [tp.partition for tp in missing])
             for tp in missing:
-                starts[tp.partition] = ShardStart(end[tp], committed=False)
+                starts[tp.partition] = ShardStart(end[tp.partition], committed=False)
         else:
             stamp = float(mapping.starting_position_timestamp or 0)
             found = await consumer.offsets_for_times({tp: int(stamp * 1000) for tp in missing})
@@ -404,7 +438,9 @@ class KafkaStreamSource:
                 assigned = list(consumer.assignment())
                 if assigned:
                     ends = await asyncio.wait_for(consumer.end_offsets(assigned), PROBE_TIMEOUT_SECONDS)
-                    self._owner.high_watermarks({tp.partition: offset for tp, offset in ends.items()})
+                    # The last fetch's high watermark is exact where ListOffsets is not (see high_watermarks).
+                    self._owner.high_watermarks({
+                        tp.partition: max(offset, consumer.highwater(tp) or 0) for tp, offset in ends.items()})
                 else:
                     await asyncio.wait_for(consumer.topics(), PROBE_TIMEOUT_SECONDS)
             except asyncio.CancelledError:

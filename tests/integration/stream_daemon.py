@@ -138,7 +138,7 @@ async def _serve(config_path: str, name: str) -> int:
     from router.runtime.pool import WorkerPool
     from router.sources.stream_mapping import StreamMappingRunner
 
-    configure_logging(level="info", fmt="json")
+    configure_logging(level="info", fmt="json", stream=sys.stderr)
     text = await asyncio.to_thread(Path(config_path).read_text)
     config = load_config_data(json.loads(text))
     mapping = config.stream_mappings()[name]

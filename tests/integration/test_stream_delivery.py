@@ -213,3 +213,39 @@ async def test_invalid_item_failure_response_fails_the_whole_batch(
         [record] = await read_topic(kafka.bootstrap_servers, failed, 1)
     assert [c["seqs"] for c in calls(tmp_path)] == [["0", "1"]] * 3
     assert record["requestContext"]["approximateInvokeCount"] == 3 and record["KinesisBatchInfo"]["batchSize"] == 2
+
+
+async def test_expired_head_record_goes_out_as_record_age_exceeded(
+        kafka: Tansu, topic: Callable[..., str], tmp_path: Path) -> None:
+    # AWS: retries 0, age 60 s, one 80 s old record then 5 fresh → RecordAgeExceeded (batchSize 1,
+    # approximateInvokeCount 1, no responseContext) and one invocation with the 5 fresh records.
+    name, failed = topic(partitions=1), topic(partitions=1)
+    now_ms = int(time.time() * 1000)
+    await produce(kafka.bootstrap_servers, name, [(b"k", b"old", 0)], timestamp_ms=now_ms - 80_000)
+    await produce(kafka.bootstrap_servers, name, [(b"k", f"new{i}".encode(), 0) for i in range(5)])
+    data = config_data(kafka.bootstrap_servers, name, tmp_path, on_failure=f"kafka://{failed}",
+                       mapping={"maximum_retry_attempts": 0, "maximum_record_age_in_seconds": 60,
+                                "maximum_batching_window_in_seconds": 1})
+    async with running(data):
+        await wait_committed(kafka, name, {0: 6}, timeout=30)
+        [record] = await read_topic(kafka.bootstrap_servers, failed, 1)
+    assert [c["seqs"] for c in calls(tmp_path)] == [["1", "2", "3", "4", "5"]]
+    assert record["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert record["requestContext"]["approximateInvokeCount"] == 1
+    assert "responseContext" not in record
+    assert record["KinesisBatchInfo"]["batchSize"] == 1 and record["KinesisBatchInfo"]["endSequenceNumber"] == "0"
+    assert base64.b64decode(record["payload"]["Records"][0]["kinesis"]["data"]) == b"old"
+
+
+async def test_batching_window_gathers_records_into_one_batch(
+        kafka: Tansu, topic: Callable[..., str], tmp_path: Path) -> None:
+    name = topic(partitions=1)
+    data = config_data(kafka.bootstrap_servers, name, tmp_path,
+                       mapping={"batch_size": 100, "maximum_batching_window_in_seconds": 2})
+    async with running(data) as r:
+        await wait_until(lambda: r.runner.status()["shards_owned"], 20, "shard assigned")
+        for i in range(4):
+            await produce(kafka.bootstrap_servers, name, [(b"k", f"{i}".encode(), 0)])
+            await asyncio.sleep(0.2)
+        await wait_committed(kafka, name, {0: 4}, timeout=15)
+    assert [c["seqs"] for c in calls(tmp_path)] == [["0", "1", "2", "3"]]

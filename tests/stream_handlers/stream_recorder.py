@@ -26,6 +26,7 @@ def handler(event: dict[str, Any], context: Any) -> Any:
     line = {
         "request_id": context.aws_request_id,
         "pid": os.getpid(),
+        "replica": os.environ.get("REPLICA"),
         "at": time.time(),
         "shard": records[0]["eventID"].split(":")[0] if records else None,
         "shards": sorted({r["eventID"].split(":")[0] for r in records}),

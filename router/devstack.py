@@ -535,6 +535,9 @@ class SeaweedFS(_Server):
         s3_config.chmod(0o600)
         (self.workdir / "filer.toml").write_text(
             f'[leveldb2]\nenabled = true\ndir = "{data / "filerldb2"}"\n')
+        # weed grows 7 volumes per new bucket by default; with one volume per bucket a test run (or
+        # `router dev`) can use dozens of buckets under the small -volume.max below.
+        (self.workdir / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
         notification = self.workdir / "notification.toml"
         notification.write_text(self._notification_toml())
         notification.chmod(0o600)
@@ -555,7 +558,7 @@ class SeaweedFS(_Server):
             f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
             "-master.volumeSizeLimitMB=32", "-master.electionTimeout=1s",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
-            "-volume.max=20", "-volume.preStopSeconds=0",
+            "-volume.max=100", "-volume.preStopSeconds=0",
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.workdir / 's3.json'}",

@@ -98,9 +98,9 @@ class Router:
                 "transport": mapping.bucket_notifications.transport,
                 **invoker_status.get("mappings", {}).get(name, {}),
             }
-        for name, mapping in self.config.stream_mappings().items():
+        for name, stream in self.config.stream_mappings().items():
             if name not in mappings:
-                mappings[name] = {"kind": "stream", "function": mapping.function_name, "state": "Disabled"}
+                mappings[name] = {"kind": "stream", "function": stream.function_name, "state": "Disabled"}
         brokers = {t.name: {"up": t.up, "detail": t.detail} for t in self.board.trackers() if t.kind == "broker"}
         return {
             "mappings": mappings,

@@ -210,7 +210,7 @@ def configure_logging(level: str | int = "info", fmt: LogFormat = "auto", stream
     structlog.configure(
         processors=[*shared, _stable_order, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(out),
+        logger_factory=structlog.WriteLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

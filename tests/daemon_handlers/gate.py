@@ -30,3 +30,12 @@ def slow(event: dict[str, Any], context: Any) -> None:
     _append({"phase": "start", "seqs": seqs})
     time.sleep(float(os.environ.get("SLEEP", "2")))
     _append({"phase": "end", "seqs": seqs})
+
+
+def fail(event: dict[str, Any], context: Any) -> None:
+    raise RuntimeError("always fails")
+
+
+def record(event: dict[str, Any], context: Any) -> dict[str, int]:
+    _append({"event": event})
+    return {"records": len(event.get("Records", []))}

@@ -13,7 +13,7 @@ functions. Records matching no mapping are counted and dropped, as S3 drops even
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +25,7 @@ from router.delivery.async_queue import AsyncQueue, EnqueueResult, QueuedEvent
 from router.delivery.dead_letter import DeadLetter
 from router.events.dedup import dedup_key
 from router.events.s3 import MalformedNotification, Store, event_record, parse_notification
-from router.events.s3_match import MappingMatcher, Transport
+from router.events.s3_match import MappingMatcher, Transport, rule_matches
 from router.observability.metrics import Metrics
 
 Outcome = Literal["accepted", "unmatched", "ignored", "malformed"]
@@ -79,67 +79,112 @@ class NotificationRouter:
     ) -> AcceptResult:
         """Route one payload; durable when it returns. Raises when neither the queue nor the
         dead-letter store could take it (the sender must then retry)."""
-        source = "seaweedfs" if store == "seaweedfs" else transport
-        try:
-            parsed = parse_notification(payload, store=store)
-        except MalformedNotification as exc:
-            reason = str(exc)
-            path = await self._dead_letter.write(payload, reason=reason, source=source, topic=topic)
-            self._count(source, "malformed")
-            return AcceptResult("malformed", reason=reason, dead_letter=path)
-        if not parsed.events:
-            self._count(source, "ignored")
-            self._log.debug("notification.ignored", source=source, shape=parsed.shape, reason=parsed.note)
-            return AcceptResult("ignored", reason=parsed.note or None)
+        return await self.accept_batch([(payload, topic)], transport=transport, store=store)
 
+    async def accept_batch(
+        self,
+        items: Sequence[tuple[bytes, str | None]],
+        *,
+        transport: Transport,
+        store: Store = "auto",
+    ) -> AcceptResult:
+        """Route payloads that arrived together, `(payload, topic)` each, with one queue write: the
+        MQTT source hands over everything one socket read delivered. Durable when it returns;
+        raises when any of it could not be kept (then none of it may be acknowledged, and a
+        redelivery of what did commit is deduplicated). The result sums the batch."""
+        source = "seaweedfs" if store == "seaweedfs" else transport
         matcher = self._matchers[transport]
         by_window: dict[int, list[QueuedEvent]] = {}
-        unmatched = 0
-        for event in parsed.events:
-            candidates = matcher.candidates(event.bucket, topic)
-            matched = matcher.matches(bucket=event.bucket, event_name=event.event_name, key=event.key, topic=topic)
-            # Each mapping of this bucket whose rule said no has filtered the record out.
-            wanted = {name for name, _ in matched}
-            for name in [n for n, _ in candidates if n not in wanted] or ([] if matched else [NO_MAPPING]):
-                self._metrics.filtered_out_records.labels(mapping=name).inc()
-            if not matched:
-                unmatched += 1
+        outcomes: list[Outcome] = []
+        records = unmatched = 0
+        reason: str | None = None
+        dead_letter: Path | None = None
+        for payload, topic in items:
+            try:
+                parsed = parse_notification(payload, store=store)
+            except MalformedNotification as exc:
+                reason = str(exc)
+                dead_letter = await self._dead_letter.write(payload, reason=reason, source=source, topic=topic)
+                self._count(source, "malformed")
+                outcomes.append("malformed")
                 continue
-            key = dedup_key(event)
-            for name, mapping in matched:
-                rule = mapping.bucket_notifications
-                record = event_record(
-                    event, event_format=rule.event_format, region=self._config.region, configuration_id=name
-                )
-                by_window.setdefault(mapping.deduplication_window_seconds, []).append(
-                    QueuedEvent(name, mapping.function_name, {"Records": [record]}, key)
-                )
-        if not by_window:
-            self._count(source, "unmatched")
-            self._log.debug("notification.unmatched", source=source, shape=parsed.shape, records=unmatched)
-            return AcceptResult("unmatched", records=len(parsed.events), unmatched=unmatched)
+            if not parsed.events:
+                self._count(source, "ignored")
+                self._log.debug("notification.ignored", source=source, shape=parsed.shape, reason=parsed.note)
+                reason = parsed.note or None
+                outcomes.append("ignored")
+                continue
+            records += len(parsed.events)
+            matched_any = False
+            for event in parsed.events:
+                candidates = matcher.candidates(event.bucket, topic)
+                matched = [(n, m) for n, m in candidates
+                           if rule_matches(m.bucket_notifications, bucket=event.bucket,
+                                           event_name=event.event_name, key=event.key)]
+                if len(matched) != len(candidates) or not candidates:
+                    # Each mapping of this bucket whose rule said no has filtered the record out.
+                    wanted = {name for name, _ in matched}
+                    for name in [n for n, _ in candidates if n not in wanted] or ([] if matched else [NO_MAPPING]):
+                        self._metrics.filtered_out_records.labels(mapping=name).inc()
+                if not matched:
+                    unmatched += 1
+                    continue
+                matched_any = True
+                key = dedup_key(event)
+                for name, mapping in matched:
+                    rule = mapping.bucket_notifications
+                    record = event_record(
+                        event, event_format=rule.event_format, region=self._config.region, configuration_id=name
+                    )
+                    by_window.setdefault(mapping.deduplication_window_seconds, []).append(
+                        QueuedEvent(name, mapping.function_name, {"Records": [record]}, key)
+                    )
+            if matched_any:
+                outcomes.append("accepted")
+            else:
+                self._count(source, "unmatched")
+                self._log.debug("notification.unmatched", source=source, shape=parsed.shape,
+                                records=len(parsed.events))
+                outcomes.append("unmatched")
 
+        queued = duplicates = 0
+        if by_window:
+            queued, duplicates = await self._enqueue(by_window)
+            for outcome in outcomes:
+                if outcome == "accepted":
+                    self._count(source, "accepted")
+            self._log.debug("notification.accepted", source=source, notifications=len(items), records=records,
+                            queued=queued, duplicates=duplicates, unmatched=unmatched)
+        return AcceptResult(
+            _summary(outcomes), records=records, queued=queued, duplicates=duplicates, unmatched=unmatched,
+            reason=reason, dead_letter=dead_letter,
+        )
+
+    async def _enqueue(self, by_window: dict[int, list[QueuedEvent]]) -> tuple[int, int]:
+        if len(by_window) == 1:
+            [(window, events)] = by_window.items()
+            result = await self._queue.enqueue(events, dedup_window=window)
+            if result.accepted:
+                self._on_enqueued()
+            return result.accepted, result.duplicates
         results = await asyncio.gather(
             *(self._queue.enqueue(events, dedup_window=window) for window, events in by_window.items()),
             return_exceptions=True,
         )
-        failures = [r for r in results if isinstance(r, BaseException)]
         done = [r for r in results if isinstance(r, EnqueueResult)]
         queued = sum(r.accepted for r in done)
-        duplicates = sum(r.duplicates for r in done)
         if queued:
             self._on_enqueued()
-        if failures:
-            # Whatever did commit is deduplicated when the sender retries.
-            raise failures[0]
-        self._count(source, "accepted")
-        self._log.debug(
-            "notification.accepted", source=source, shape=parsed.shape, records=len(parsed.events),
-            queued=queued, duplicates=duplicates, unmatched=unmatched,
-        )
-        return AcceptResult(
-            "accepted", records=len(parsed.events), queued=queued, duplicates=duplicates, unmatched=unmatched
-        )
+        for failure in results:
+            if isinstance(failure, BaseException):
+                raise failure  # whatever did commit is deduplicated when the sender retries
+        return queued, sum(r.duplicates for r in done)
 
     def _count(self, source: str, outcome: str) -> None:
         self._metrics.notifications.labels(source=source, outcome=outcome).inc()
+
+
+def _summary(outcomes: list[Outcome]) -> Outcome:
+    """One payload's outcome, or for a batch the most useful one: accepted if anything was."""
+    order: tuple[Outcome, ...] = ("accepted", "malformed", "unmatched", "ignored")
+    return next((outcome for outcome in order if outcome in outcomes), "ignored")

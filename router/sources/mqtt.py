@@ -2,9 +2,12 @@
 
 Why paho directly and not aiomqtt: a notification may only be acknowledged (PUBACK) after its
 records are durably queued, and aiomqtt 2.x has no way to turn off paho's automatic PUBACK. So this
-module is a thin adapter around paho-mqtt 2.x with `manual_ack=True`: paho's network thread
-reads, pings and reconnects (exponential back-off, 1 s doubling to 10 s), and hands each message
-to the event loop; the loop routes it and sends the PUBACK itself.
+module is a thin asyncio adapter around paho-mqtt 2.x with `manual_ack=True`, driven the way
+aiomqtt drives it: the socket is registered with the event loop (paho's `loop_read`/`loop_write`
+run as reader/writer callbacks, `loop_misc` once a second for keep-alive), so there is no network
+thread competing for the GIL, and every callback runs on the loop. Only the blocking TCP/TLS
+connect runs in an executor. Reconnects back off exponentially (1 s doubling to 10 s) and the
+back-off resets once a connection was established.
 
 Guarantees:
 * The session is persistent (MQTT 5, clean start off, session expiry from the config, fixed client
@@ -13,8 +16,8 @@ Guarantees:
 * Acknowledgements go out in the order the messages arrived, as MQTT requires, and only for
   messages received on the current connection. A message whose acknowledgement could not be sent
   (the connection dropped) is redelivered by the broker and deduplicated by the queue.
-* Several payloads are routed concurrently (up to the Receive Maximum announced to the broker), so
-  their queue commits share one fsync.
+* Everything one socket read delivered is routed as one batch (one queue write), and batches are
+  routed concurrently up to the Receive Maximum announced to the broker, so commits share fsyncs.
 * With `shared_subscription_group`, each topic is subscribed as `$share/<group>/<topic>`, so the
   replicas of a deployment split the notifications between them.
 """
@@ -25,8 +28,8 @@ import asyncio
 import collections
 import contextlib
 import ssl
-import time
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -44,12 +47,14 @@ from router.sources.bucket_notifications import NotificationRouter
 
 # Unacknowledged messages the broker may send us at once (MQTT 5 Receive Maximum).
 RECEIVE_MAXIMUM = 256
-RECONNECT_MIN_DELAY = 1
-RECONNECT_MAX_DELAY = 10
+RECONNECT_MIN_DELAY = 1.0
+RECONNECT_MAX_DELAY = 10.0
 # A payload the queue could not take is retried in place (its PUBACK withheld) with this back-off.
 ACCEPT_RETRY_MIN = 0.2
 ACCEPT_RETRY_MAX = 10.0
 STOP_DRAIN_SECONDS = 10.0
+# Packets read per readiness callback at most, so one busy socket cannot starve the loop.
+READ_BURST = 256
 
 
 @dataclass
@@ -61,6 +66,18 @@ class _Pending:
     qos: int
     done: bool = False
     abandoned: bool = False
+
+
+@dataclass
+class _Connection:
+    """One paho client from connect to disconnect; acknowledgements never cross connections."""
+
+    client: paho.Client
+    generation: int
+    closed: asyncio.Future[str]
+    connected: bool = False
+    session_present: bool = False
+    fds: set[int] = field(default_factory=set)
 
 
 class MqttNotificationSource:
@@ -86,43 +103,36 @@ class MqttNotificationSource:
         self.topics = router.matcher("mqtt").topics()
         self.subscriptions = [f"$share/{group}/{t}" if group else t for t in self.topics]
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: paho.Client | None = None
-        self._paho_generation = 0  # touched only on paho's thread
-        self._generation = 0  # the loop's view: the connection acknowledgements go to
-        self._connected = False
+        self._loop_thread: int | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._connection: _Connection | None = None
+        self._generation = 0
         self._state = "stopped"
         self._stopping = False
+        self._wakeup = asyncio.Event()
         self._window: collections.deque[_Pending] = collections.deque()
+        self._batch: list[tuple[_Pending, bytes, str]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats = {"received": 0, "acknowledged": 0, "redelivered": 0, "connects": 0, "accept_errors": 0}
         self._last_error: str | None = None
-        self._connected_since: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Begin connecting in the background; a broker that is down is retried, not fatal."""
-        if self._client is not None:
+        if self._runner is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._stopping = False
-        client = self._build_client()
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self._settings.session_expiry_interval
-        properties.ReceiveMaximum = self._receive_maximum
-        client.connect_async(
-            self._settings.host, self._settings.port, keepalive=self._settings.keepalive,
-            clean_start=False, properties=properties,
-        )
-        self._client = client
+        self._wakeup = asyncio.Event()
         self._set_state("connecting", f"{self._settings.host}:{self._settings.port}")
-        client.loop_start()
+        self._runner = asyncio.create_task(self._run(), name="mqtt-source")
 
     async def stop(self) -> None:
         """Stop taking messages, let those being routed finish and be acknowledged, disconnect.
         Messages that arrive meanwhile stay unacknowledged: the broker keeps them for next time."""
-        client = self._client
-        if client is None:
+        if self._runner is None:
             return
         self._stopping = True
         if self._tasks:
@@ -130,17 +140,24 @@ class MqttNotificationSource:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
-        self._client = None
-        self._connected = False
+        self._wakeup.set()
+        connection = self._connection
+        if connection is not None and connection.connected:
+            connection.client.disconnect()  # DISCONNECT goes out through loop_write
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(connection.closed), 2.0)
+        self._runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._runner
+        self._runner = None
         self._window.clear()
         self._set_state("stopped", "")
 
     def status(self) -> dict[str, Any]:
+        connection = self._connection
         return {
             "state": self._state,
-            "connected": self._connected,
+            "connected": bool(connection and connection.connected),
             "client_id": self._settings.client_id,
             "broker": f"{self._settings.host}:{self._settings.port}",
             "subscriptions": list(self.subscriptions),
@@ -149,7 +166,82 @@ class MqttNotificationSource:
             **self._stats,
         }
 
-    # -- paho's thread -----------------------------------------------------------------------------
+    # -- connecting --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = RECONNECT_MIN_DELAY
+        try:
+            while not self._stopping:
+                established = await self._connect_once()
+                if self._stopping:
+                    break
+                if established:
+                    delay = RECONNECT_MIN_DELAY
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+        finally:
+            connection, self._connection = self._connection, None
+            if connection is not None:
+                self._close(connection)
+
+    async def _connect_once(self) -> bool:
+        """One connection's life; True when it got as far as a CONNACK."""
+        assert self._loop is not None
+        self._generation += 1
+        connection = _Connection(self._build_client(), self._generation, self._loop.create_future())
+        self._connection = connection
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self._settings.session_expiry_interval
+        properties.ReceiveMaximum = self._receive_maximum
+        client = connection.client
+        try:
+            await self._loop.run_in_executor(None, lambda: client.connect(
+                self._settings.host, self._settings.port, keepalive=self._settings.keepalive,
+                clean_start=False, properties=properties,
+            ))
+        except (OSError, ValueError, paho.WebsocketConnectionError) as exc:
+            self._close(connection)
+            self._on_connect_failed(f"{type(exc).__name__}: {exc}")
+            return False
+        misc = asyncio.create_task(self._keepalive(connection))
+        try:
+            reason = await connection.closed
+        finally:
+            misc.cancel()
+            self._close(connection)
+        if connection.connected:
+            connection.connected = False
+            if not self._stopping:
+                self._last_error = reason
+                self._set_state("disconnected", reason)
+            return True
+        self._on_connect_failed(reason)
+        return False
+
+    async def _keepalive(self, connection: _Connection) -> None:
+        """Pings and keep-alive timeouts: paho's loop_misc, once a second."""
+        client = connection.client
+        while not connection.closed.done():
+            if client.loop_misc() != paho.MQTT_ERR_SUCCESS:
+                return
+            await asyncio.sleep(1)
+
+    def _close(self, connection: _Connection) -> None:
+        """Forget the socket; paho closes it (or already has)."""
+        self._finish(connection, "closed")
+        client = connection.client
+        with contextlib.suppress(Exception):
+            client._sock_close()  # idempotent; the on_socket_close callback unregisters it
+        if self._loop is not None:
+            for fd in list(connection.fds):
+                self._loop.remove_reader(fd)
+                self._loop.remove_writer(fd)
+            connection.fds.clear()
+
+    def _finish(self, connection: _Connection, reason: str) -> None:
+        if not connection.closed.done():
+            connection.closed.set_result(reason)
 
     def _build_client(self) -> paho.Client:
         client = paho.Client(
@@ -157,8 +249,8 @@ class MqttNotificationSource:
             client_id=self._settings.client_id,
             protocol=paho.MQTTv5,
             manual_ack=True,
+            reconnect_on_failure=False,
         )
-        client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
         if self._settings.username is not None:
             password = self._settings.password.get_secret_value() if self._settings.password else None
             client.username_pw_set(self._settings.username, password)
@@ -170,51 +262,100 @@ class MqttNotificationSource:
                 keyfile=str(tls.key_file) if tls.key_file else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        client.on_connect = self._paho_connect
-        client.on_connect_fail = self._paho_connect_fail
-        client.on_disconnect = self._paho_disconnect
-        client.on_subscribe = self._paho_subscribe
-        client.on_message = self._paho_message
+        generation = self._generation
+        client.on_connect = lambda c, u, flags, reason, props: self._on_connect(generation, flags, reason)
+        client.on_disconnect = lambda c, u, flags, reason, props: self._on_disconnect(generation, reason)
+        client.on_subscribe = lambda c, u, mid, reasons, props: self._on_subscribe(reasons)
+        client.on_message = lambda c, u, message: self._on_message(generation, message)
+        client.on_socket_open = lambda c, u, sock: self._in_loop(self._socket_open, generation, sock)
+        client.on_socket_close = lambda c, u, sock: self._socket_close(sock)
+        client.on_socket_register_write = lambda c, u, sock: self._in_loop(self._want_write, generation, sock)
+        client.on_socket_unregister_write = lambda c, u, sock: self._no_write(sock)
         return client
 
-    def _post(self, callback: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is None:
+    # -- socket plumbing (paho's callbacks; connect() calls some from the executor thread) -----------
+
+    def _in_loop(self, callback: Any, *args: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            callback(*args)
+        elif self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self._loop.call_soon_threadsafe(callback, *args)
+
+    def _current(self, generation: int) -> _Connection | None:
+        connection = self._connection
+        return connection if connection is not None and connection.generation == generation else None
+
+    def _socket_open(self, generation: int, sock: Any) -> None:
+        connection = self._current(generation)
+        if connection is None or self._loop is None or connection.closed.done():
             return
-        with contextlib.suppress(RuntimeError):  # the loop is closing; the broker keeps the message
-            loop.call_soon_threadsafe(callback, *args)
-
-    def _paho_connect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
-    ) -> None:
-        if reason.is_failure:
-            self._post(self._on_connect_failed, str(reason))
+        fd = sock.fileno()
+        if fd < 0:
             return
-        self._paho_generation += 1
-        if self.subscriptions:
-            client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self.subscriptions])
-        self._post(self._on_connected, self._paho_generation, bool(getattr(flags, "session_present", False)))
+        connection.fds.add(fd)
+        self._loop.add_reader(fd, self._readable, connection)
 
-    def _paho_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        self._post(self._on_connect_failed, "cannot reach the broker")
+    def _socket_close(self, sock: Any) -> None:
+        fd = sock.fileno()
+        if fd >= 0 and self._loop is not None:
+            self._in_loop(self._forget_fd, fd)
 
-    def _paho_disconnect(
-        self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
-    ) -> None:
-        self._post(self._on_disconnected, str(reason))
+    def _forget_fd(self, fd: int) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
+        connection = self._connection
+        if connection is not None:
+            connection.fds.discard(fd)
 
-    def _paho_subscribe(
-        self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any
-    ) -> None:
-        refused = [f"{topic}: {reason}" for topic, reason in zip(self.subscriptions, reasons, strict=False)
-                   if reason.is_failure]
-        if refused:
-            self._post(self._on_subscribe_refused, refused)
+    def _want_write(self, generation: int, sock: Any) -> None:
+        connection = self._current(generation)
+        if connection is None or self._loop is None or connection.closed.done():
+            return
+        fd = sock.fileno()
+        if fd >= 0:
+            self._loop.add_writer(fd, self._writable, connection)
 
-    def _paho_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._post(self._on_message, self._paho_generation, message)
+    def _no_write(self, sock: Any) -> None:
+        fd = sock.fileno()
+        if fd >= 0 and self._loop is not None:
+            self._in_loop(self._loop.remove_writer, fd)
 
-    # -- the event loop ----------------------------------------------------------------------------
+    def _readable(self, connection: _Connection) -> None:
+        """Read what the socket holds (paho reads one packet per call), then route the
+        notifications that arrived together as one batch: one queue write, one commit."""
+        client = connection.client
+        try:
+            for _ in range(READ_BURST):
+                before = self._stats["received"]
+                client.loop_read()
+                sock = client.socket()
+                # TLS sockets may hold decrypted bytes the selector cannot see.
+                if self._stats["received"] == before and not (
+                    isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+                ):
+                    break
+        except OSError as exc:
+            self._finish(connection, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._dispatch_batch()
+
+    def _dispatch_batch(self) -> None:
+        if not self._batch:
+            return
+        batch, self._batch = self._batch, []
+        task = asyncio.create_task(self._route(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _writable(self, connection: _Connection) -> None:
+        try:
+            connection.client.loop_write()
+        except OSError as exc:
+            self._finish(connection, f"{type(exc).__name__}: {exc}")
+
+    # -- protocol events (on the loop) --------------------------------------------------------------
 
     def _set_state(self, state: str, detail: str) -> None:
         """Log and publish connection changes once per change, not once per retry."""
@@ -227,31 +368,37 @@ class MqttNotificationSource:
         log = self._log.info if up or state in ("connecting", "stopped") else self._log.warning
         log("mqtt.state", state=state, previous=previous, detail=detail, client_id=self._settings.client_id)
 
-    def _on_connected(self, generation: int, session_present: bool) -> None:
-        self._generation = generation
-        self._connected = True
-        self._connected_since = time.monotonic()
+    def _on_connect(self, generation: int, flags: Any, reason: ReasonCode) -> None:
+        connection = self._current(generation)
+        if connection is None:
+            return
+        if reason.is_failure:
+            self._finish(connection, f"CONNACK: {reason}")
+            return
+        connection.connected = True
+        connection.session_present = bool(getattr(flags, "session_present", False))
+        if self.subscriptions:
+            connection.client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self.subscriptions])
         self._stats["connects"] += 1
         self._last_error = None
-        self._set_state("connected", f"session_present={session_present}")
-        self._log.debug("mqtt.subscribed", subscriptions=self.subscriptions, session_present=session_present)
+        self._set_state("connected", f"session_present={connection.session_present}")
+
+    def _on_disconnect(self, generation: int, reason: ReasonCode) -> None:
+        connection = self._current(generation)
+        if connection is not None:
+            self._finish(connection, str(reason))
 
     def _on_connect_failed(self, reason: str) -> None:
-        self._connected = False
         self._last_error = reason
         self._set_state("disconnected", reason)
 
-    def _on_disconnected(self, reason: str) -> None:
-        self._connected = False
-        if self._stopping:
-            return
-        self._last_error = reason
-        self._set_state("disconnected", reason)
-
-    def _on_subscribe_refused(self, refused: list[str]) -> None:
-        self._last_error = "subscription refused: " + "; ".join(refused)
-        self._log.error("mqtt.subscribe_refused", subscriptions=refused)
-        self._tracker.set_up(False, self._last_error)
+    def _on_subscribe(self, reasons: list[ReasonCode]) -> None:
+        refused = [f"{topic}: {reason}" for topic, reason in zip(self.subscriptions, reasons, strict=False)
+                   if reason.is_failure]
+        if refused:
+            self._last_error = "subscription refused: " + "; ".join(refused)
+            self._log.error("mqtt.subscribe_refused", subscriptions=refused)
+            self._tracker.set_up(False, self._last_error)
 
     def _on_message(self, generation: int, message: paho.MQTTMessage) -> None:
         if self._stopping:
@@ -262,44 +409,47 @@ class MqttNotificationSource:
         pending = _Pending(generation, message.mid, message.qos)
         self._window.append(pending)
         self._tracker.set_pending(True)
-        task = asyncio.create_task(self._route(pending, bytes(message.payload), message.topic))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._batch.append((pending, bytes(message.payload), message.topic))
 
-    async def _route(self, pending: _Pending, payload: bytes, topic: str) -> None:
+    async def _route(self, batch: list[tuple[_Pending, bytes, str]]) -> None:
+        items = [(payload, topic) for _, payload, topic in batch]
         delay = ACCEPT_RETRY_MIN
         try:
             while True:
                 try:
-                    await self._router.accept(payload, transport="mqtt", topic=topic)
+                    await self._router.accept_batch(items, transport="mqtt")
                     break
                 except Exception as exc:
-                    # The queue (or the disk) refused: keep the PUBACK back and try again, so the
-                    # notification is neither lost nor blocking forever.
+                    # The queue (or the disk) refused: keep the PUBACKs back and try again, so the
+                    # notifications are neither lost nor blocking forever.
                     self._stats["accept_errors"] += 1
                     self._last_error = f"{type(exc).__name__}: {exc}"[:300]
-                    self._log.error("mqtt.accept_failed", topic=topic, error_type=type(exc).__name__,
+                    self._log.error("mqtt.accept_failed", notifications=len(items), error_type=type(exc).__name__,
                                     error=str(exc)[:300], retry_in_seconds=delay)
                     if self._stopping:
-                        pending.abandoned = True
+                        for pending, _, _ in batch:
+                            pending.abandoned = True
                         return
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, ACCEPT_RETRY_MAX)
-            pending.done = True
+            for pending, _, _ in batch:
+                pending.done = True
         except asyncio.CancelledError:
-            pending.abandoned = True
+            for pending, _, _ in batch:
+                pending.abandoned = True
             raise
         finally:
             self._acknowledge_in_order()
 
     def _acknowledge_in_order(self) -> None:
-        client = self._client
+        connection = self._connection
         while self._window and (self._window[0].done or self._window[0].abandoned):
             pending = self._window.popleft()
-            if pending.abandoned or client is None:
+            if pending.abandoned:
                 continue
-            if pending.generation == self._generation and self._connected and pending.qos > 0:
-                client.ack(pending.mid, pending.qos)
+            if (connection is not None and connection.connected and pending.generation == connection.generation
+                    and pending.qos > 0):
+                connection.client.ack(pending.mid, pending.qos)
                 self._stats["acknowledged"] += 1
             self._tracker.advanced()
         self._tracker.set_pending(bool(self._window))

@@ -148,3 +148,26 @@ async def test_shared_subscription_splits_notifications_between_replicas(
     per_replica = [sorted(c["key"] for c in calls(p)) for p in replicas]
     assert all(per_replica), "both replicas take a share"
     assert sorted(per_replica[0] + per_replica[1]) == sorted(f"s/{i}.jpg" for i in range(20))
+
+
+async def test_puback_is_withheld_until_the_records_are_durably_queued(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    topic = unique_topic()
+    config = make_config(config_data(tmp_path, {"photos": bucket_mapping("photos", topic=topic)}, broker=mosquitto,
+                                     client_id=f"withheld-{uuid.uuid4().hex[:6]}"))
+    keys = [f"withheld/{i}.jpg" for i in range(3)]
+    async with running(config) as app:
+        await wait_connected(app)
+        assert app.queue is not None and app.mqtt is not None
+        mqtt = app.mqtt
+        await app.queue.close()  # the queue cannot take anything (as with a failing disk)
+        await publish_like_minio(mosquitto, topic, [minio_notification("photos", k) for k in keys])
+        await wait_until(lambda: mqtt.status()["accept_errors"] >= 1, 10, "the failed accept")
+        assert mqtt.status()["received"] == 3
+        assert mqtt.status()["acknowledged"] == 0
+    assert calls(tmp_path) == []
+
+    # Nothing was acknowledged, so the broker redelivers all three to the same session.
+    async with running(config) as app:
+        await wait_until(lambda: len(calls(tmp_path)) >= 3, 20, "the redelivered notifications")
+        assert app.mqtt is not None and app.mqtt.status()["redelivered"] == 3
+    assert sorted(c["key"] for c in calls(tmp_path)) == keys

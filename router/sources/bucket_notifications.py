@@ -102,8 +102,11 @@ class NotificationRouter:
         for payload, topic in items:
             try:
                 parsed = parse_notification(payload, store=store)
-            except MalformedNotification as exc:
-                reason = str(exc)
+            except (MalformedNotification, RecursionError, ValueError, TypeError, AttributeError) as exc:
+                # Anything the parser trips over is the payload's problem (e.g. JSON nested too
+                # deeply): dead-lettered, never retried forever at the head of the sender's queue.
+                reason = str(exc) if isinstance(exc, MalformedNotification) else (
+                    f"unreadable notification ({type(exc).__name__})")
                 dead_letter = await self._dead_letter.write(payload, reason=reason, source=source, topic=topic)
                 self._count(source, "malformed")
                 outcomes.append("malformed")

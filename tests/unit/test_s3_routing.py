@@ -158,7 +158,11 @@ async def test_seaweedfs_body_on_its_own_endpoint(harness: Harness) -> None:
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
-    [(b"definitely not json", "not JSON"), (b'{"hello": "world"}', "JSON object without Records")],
+    [
+        (b"definitely not json", "not JSON"),
+        (b'{"hello": "world"}', "JSON object without Records"),
+        (b"[" * 100_000 + b"]" * 100_000, "unreadable notification (RecursionError)"),
+    ],
 )
 async def test_malformed_payload_is_dead_lettered_with_its_raw_bytes(
     harness: Harness, payload: bytes, reason: str

@@ -256,6 +256,19 @@ def _marshal(response: Any) -> tuple[bytes, bool]:
 
 
 def _max_rss_kb() -> int:
+    """Peak RSS of this process's own address space.
+
+    Not getrusage's ru_maxrss: Linux carries the high-water mark of the pre-exec image (a copy of
+    the parent, e.g. a 150 MB daemon) into the spawned child, so a fresh worker would look like it
+    already used the parent's memory. VmHWM belongs to the current mm and starts over at exec.
+    """
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 

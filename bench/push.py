@@ -227,8 +227,7 @@ async def bench(args: argparse.Namespace, broker: Mosquitto, work: Path) -> dict
     await start(app)
     assert app.mqtt is not None
     mqtt = app.mqtt
-    await wait_for(lambda: mqtt.status()["connected"], 15, "the router to connect")
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: mqtt.status()["subscribed"], 15, "the router to subscribe")
     # warm every execution environment and the queue
     await join(spawn(publisher_main, broker.port, "warm", 200, 400.0), 60)
     await wait_for(lambda: len(read_starts(work, "warm")) >= 200, 60, "the warm-up")

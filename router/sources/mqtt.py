@@ -75,7 +75,9 @@ class _Connection:
     client: paho.Client
     generation: int
     closed: asyncio.Future[str]
-    connected: bool = False
+    connected: bool = False  # CONNACK received: acknowledgements can go out
+    subscribed: bool = False  # SUBACK received: the broker now routes notifications to us
+    subscribe_mid: int | None = None
     session_present: bool = False
     fds: set[int] = field(default_factory=set)
 
@@ -97,6 +99,8 @@ class MqttNotificationSource:
         self._router = router
         self._metrics = metrics
         self._tracker = board.tracker("mqtt", kind="broker")
+        # Not ready until subscribed: the HTTP server (and /readyz) starts before the sources do.
+        self._tracker.set_up(False, "not connected yet")
         self._log = log or structlog.get_logger("router.mqtt")
         self._receive_maximum = receive_maximum
         group = self._settings.shared_subscription_group
@@ -158,6 +162,7 @@ class MqttNotificationSource:
         return {
             "state": self._state,
             "connected": bool(connection and connection.connected),
+            "subscribed": bool(connection and connection.subscribed),
             "client_id": self._settings.client_id,
             "broker": f"{self._settings.host}:{self._settings.port}",
             "subscriptions": list(self.subscriptions),
@@ -265,7 +270,7 @@ class MqttNotificationSource:
         generation = self._generation
         client.on_connect = lambda c, u, flags, reason, props: self._on_connect(generation, flags, reason)
         client.on_disconnect = lambda c, u, flags, reason, props: self._on_disconnect(generation, reason)
-        client.on_subscribe = lambda c, u, mid, reasons, props: self._on_subscribe(reasons)
+        client.on_subscribe = lambda c, u, mid, reasons, props: self._on_subscribe(generation, mid, reasons)
         client.on_message = lambda c, u, message: self._on_message(generation, message)
         client.on_socket_open = lambda c, u, sock: self._in_loop(self._socket_open, generation, sock)
         client.on_socket_close = lambda c, u, sock: self._socket_close(sock)
@@ -377,10 +382,18 @@ class MqttNotificationSource:
             return
         connection.connected = True
         connection.session_present = bool(getattr(flags, "session_present", False))
-        if self.subscriptions:
-            connection.client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in self.subscriptions])
         self._stats["connects"] += 1
         self._last_error = None
+        if not self.subscriptions:
+            self._subscribed(connection)
+            return
+        # Ready only once the SUBACK is in: a notification published before the broker has our
+        # subscription (a first start, or $share after a broker restart) reaches nobody.
+        _, connection.subscribe_mid = connection.client.subscribe(
+            [(topic, SubscribeOptions(qos=1)) for topic in self.subscriptions])
+
+    def _subscribed(self, connection: _Connection) -> None:
+        connection.subscribed = True
         self._set_state("connected", f"session_present={connection.session_present}")
 
     def _on_disconnect(self, generation: int, reason: ReasonCode) -> None:
@@ -392,13 +405,18 @@ class MqttNotificationSource:
         self._last_error = reason
         self._set_state("disconnected", reason)
 
-    def _on_subscribe(self, reasons: list[ReasonCode]) -> None:
+    def _on_subscribe(self, generation: int, mid: int, reasons: list[ReasonCode]) -> None:
+        connection = self._current(generation)
+        if connection is None or mid != connection.subscribe_mid:
+            return
         refused = [f"{topic}: {reason}" for topic, reason in zip(self.subscriptions, reasons, strict=False)
                    if reason.is_failure]
         if refused:
             self._last_error = "subscription refused: " + "; ".join(refused)
             self._log.error("mqtt.subscribe_refused", subscriptions=refused)
-            self._tracker.set_up(False, self._last_error)
+            self._set_state("refused", self._last_error)
+            return
+        self._subscribed(connection)
 
     def _on_message(self, generation: int, message: paho.MQTTMessage) -> None:
         if self._stopping:

@@ -131,9 +131,7 @@ async def wait_until(predicate: Callable[[], Any], timeout: float, what: str, in
 async def wait_connected(app: Router, timeout: float = 15) -> None:
     assert app.mqtt is not None
     mqtt = app.mqtt
-    await wait_until(lambda: mqtt.status()["connected"], timeout, "the MQTT source to connect")
-    # The SUBACK follows the CONNACK; give the broker a moment to install the subscription.
-    await asyncio.sleep(0.2)
+    await wait_until(lambda: mqtt.status()["subscribed"], timeout, "the MQTT source to subscribe")
 
 
 def calls(tmp_path: Path) -> list[dict[str, Any]]:

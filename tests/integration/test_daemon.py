@@ -204,3 +204,20 @@ def test_router_status_renders_the_running_daemon(
     assert table.returncode == 0, table.stderr
     assert "shardId-000000000000" in table.stdout and "shardId-000000000001" in table.stdout
     assert d.stop() == 0
+
+
+async def test_stall_exit_seconds_makes_a_stuck_daemon_exit_for_its_supervisor(
+    kafka: Tansu, topic: Callable[..., str], daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
+) -> None:
+    name = topic(1)
+    gate = tmp_path / "gate"
+    gate.touch()  # never removed: the shard can never move
+    config = _stream_config(kafka, name, "gate.gated", {"RECORD_FILE": str(tmp_path / "r"), "GATE": str(gate)},
+                            retry_base_delay_seconds=0.1, retry_max_delay_seconds=0.2)
+    config["stall_timeout_seconds"] = 2
+    config["stall_exit_seconds"] = 4
+    d = daemon(config)
+    await _produce(kafka, name, [b"stuck"])
+    assert d.proc is not None
+    assert d.proc.wait(timeout=60) == 3
+    assert any(line["event"] == "router.stalled_exit" for line in d.log_lines())

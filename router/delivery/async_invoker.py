@@ -10,7 +10,9 @@ Why this shape:
   piling up in memory in front of the workers.
 * Mappings are visited round-robin and each claims at most its share of its function's free
   slots per round, so a busy or slow mapping cannot starve another; a slow function only uses its
-  own slots.
+  own slots. One round is one round trip to the queue: every ready lane's claim travels together
+  (and carries the settlements of finished attempts with it), so the drain rate is not bounded by
+  one SQLite round trip per event.
 * A destination that is down never loses an event: the record is parked in the queue (the function
   is not run again) and written later with backoff. While a mapping's destination is failing, new
   records are parked at once instead of each waiting for a timeout.
@@ -40,6 +42,8 @@ from router.delivery.async_policy import (
 )
 from router.delivery.async_queue import (
     AsyncQueue,
+    Claim,
+    ClaimRequest,
     LastResponse,
     MappingStats,
     PendingDelivery,
@@ -216,32 +220,56 @@ class AsyncInvoker:
             return
         progress = True
         while progress and not self._stopping:
-            progress = False
             start = self._round % len(lanes)
             self._round += 1
-            for lane in lanes[start:] + lanes[:start]:
-                if self._stopping:
-                    return
-                now = self._clock()
-                progress |= await self._dispatch_invocations(lane, now)
-                progress |= await self._dispatch_deliveries(lane, now)
+            progress = await self._dispatch_round(lanes[start:] + lanes[:start], self._clock())
 
     def _lane_ready(self, next_due: float | None, dirty: bool, now: float) -> bool:
         return dirty or (next_due is not None and next_due <= now)
 
-    async def _dispatch_invocations(self, lane: _Lane, now: float) -> bool:
-        if not self._lane_ready(lane.next_invoke, lane.invoke_dirty, now):
+    async def _dispatch_round(self, lanes: list[_Lane], now: float) -> bool:
+        """One claim for every ready lane, in this round's order; True when anything was started."""
+        requests: list[ClaimRequest] = []
+        budgets: dict[str, int] = {}
+        owners: list[_Lane] = []
+        for lane in lanes:
+            if self._lane_ready(lane.next_invoke, lane.invoke_dirty, now):
+                if self._zero_concurrency(lane):
+                    # Refusals are destination writes: bounded per lane like deliveries.
+                    budget, free = f"refuse:{lane.name}", DELIVERY_CONCURRENCY - lane.deliveries
+                    share = free
+                else:
+                    budget, free = f"fn:{lane.function}", self._free_slots(lane.function)
+                    share = max(1, free // self._sharers[lane.function])
+                if free > 0:
+                    budgets[budget] = free
+                    requests.append(ClaimRequest(lane.name, "invoke", min(free, share), budget))
+                    owners.append(lane)
+            if self._lane_ready(lane.next_deliver, lane.deliver_dirty, now) and now >= lane.delivery_blocked_until:
+                limit = self._delivery_limit(lane)
+                if limit > 0:
+                    budget = f"deliver:{lane.name}"
+                    budgets[budget] = limit
+                    requests.append(ClaimRequest(lane.name, "deliver", limit, budget))
+                    owners.append(lane)
+        if not requests:
             return False
-        zero_concurrency = self._config.functions[lane.function].reserved_concurrent_executions == 0
-        if zero_concurrency:
-            limit = DELIVERY_CONCURRENCY - lane.deliveries
-        else:
-            free = self._free_slots(lane.function)
-            limit = min(free, max(1, free // self._sharers[lane.function]))
-        if limit <= 0:
-            return False
-        claim = await self._queue.claim(lane.name, "invoke", limit)
+        claims = await self._queue.claim_many(requests, budgets)
+        progress = False
+        for request, lane, claim in zip(requests, owners, claims, strict=True):
+            if request.stage == "invoke":
+                self._start_invocations(lane, request.limit, claim)
+            else:
+                self._start_deliveries(lane, request.limit, claim)
+            progress |= bool(claim.events)
+        return progress
+
+    def _zero_concurrency(self, lane: _Lane) -> bool:
+        return self._config.functions[lane.function].reserved_concurrent_executions == 0
+
+    def _start_invocations(self, lane: _Lane, limit: int, claim: Claim) -> None:
         lane.next_invoke, lane.invoke_dirty = claim.next_due, False
+        zero_concurrency = self._zero_concurrency(lane)
         for event in claim.events:
             if zero_concurrency:
                 lane.deliveries += 1
@@ -250,26 +278,16 @@ class AsyncInvoker:
                 lane.in_flight += 1
                 self._function_in_flight[lane.function] = self._function_in_flight.get(lane.function, 0) + 1
                 self._spawn(self._attempt(lane, event), event)
-        if len(claim.events) == limit:
+        if claim.events and len(claim.events) == limit:
             lane.invoke_dirty = True  # there may be more due right now
-        return bool(claim.events)
 
-    async def _dispatch_deliveries(self, lane: _Lane, now: float) -> bool:
-        if not self._lane_ready(lane.next_deliver, lane.deliver_dirty, now):
-            return False
-        if now < lane.delivery_blocked_until:
-            return False
-        limit = self._delivery_limit(lane)
-        if limit <= 0:
-            return False
-        claim = await self._queue.claim(lane.name, "deliver", limit)
+    def _start_deliveries(self, lane: _Lane, limit: int, claim: Claim) -> None:
         lane.next_deliver, lane.deliver_dirty = claim.next_due, False
         for event in claim.events:
             lane.deliveries += 1
             self._spawn(self._redeliver(lane, event), event)
         if claim.events and len(claim.events) == limit:
             lane.deliver_dirty = True
-        return bool(claim.events)
 
     def _spawn(self, work: Any, event: StoredEvent) -> None:
         task: asyncio.Task[None] = asyncio.create_task(self._guard(work, event))

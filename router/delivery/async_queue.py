@@ -1,9 +1,23 @@
 """The durable asynchronous invocation queue: one SQLite file in `state_dir`.
 
 Why SQLite: an accepted notification must survive a crash of the daemon or the machine, and an
-MQTT PUBACK or a webhook 200 is only sent after `enqueue` returns. WAL with synchronous=FULL makes
-each commit durable; concurrent callers are group-committed (one fsync for everything that arrived
-while the previous commit was running), so durability does not cost one fsync per notification.
+MQTT PUBACK or a webhook 200 is only sent after `enqueue` returns. Concurrent callers are
+group-committed (one fsync for everything that arrived while the previous commit was being made
+durable), so durability does not cost one fsync per notification.
+
+The fsync is ours, not SQLite's: an accepting batch is committed with synchronous=NORMAL and then
+the WAL file is fsynced on a second thread before any caller of the batch is answered. That is the
+same guarantee as synchronous=FULL in WAL mode (the WAL, commit frame included, is on disk before
+the acknowledgement), but the SQLite thread is not blocked during the fsync, so claims and
+settlements do not queue behind every accepting commit.
+
+Settling an attempt (completing, rescheduling or parking an event) is write-behind: the write
+waits a few milliseconds for company and then rides on the next transaction anyway, usually the
+dispatcher's next claim, so draining the queue costs one round trip to the SQLite thread per claim
+of many events rather than one per event. Those commits skip the fsync (synchronous=NORMAL for that
+transaction only): a settlement lost to a power cut only means the event runs again, which
+at-least-once delivery allows, and the next accepting commit's fsync makes it durable anyway.
+A process crash (even SIGKILL) loses nothing that was committed. Accepting commits stay FULL.
 
 Claims are deliberately *not* persisted. An event being worked on is only marked in memory, so after
 a restart (clean or SIGKILL) every unfinished event is simply due again: at-least-once, never lost.
@@ -19,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -176,6 +191,22 @@ class _Write:
     unclaim: int | None = None
 
 
+@dataclass(frozen=True)
+class ClaimRequest:
+    """One lane's part of a combined claim: up to `limit` events, drawn from the shared `budget`."""
+
+    mapping: str
+    stage: Stage
+    limit: int
+    budget: str  # key into the budgets of `claim_many`: lanes sharing a function share its free slots
+
+
+# Settlements wait at most this long for company before they are committed on their own …
+SETTLE_DELAY = 0.002
+# … or until this many are waiting.
+SETTLE_BATCH = 256
+
+
 _COLUMNS = (
     "id, mapping, function, event, request_id, accepted_at, due_at, stage, invoke_count, "
     "system_errors, last_response, delivery, delivery_attempts"
@@ -199,10 +230,15 @@ class AsyncQueue:
         self._clock = clock
         self.metrics = metrics
         self._executor: ThreadPoolExecutor | None = None
+        self._syncer: ThreadPoolExecutor | None = None  # fsyncs the WAL off the SQLite thread
+        self._wal_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
         self._claimed: set[int] = set()  # touched only on the SQLite thread
         self._pending: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
+        # Write-behind settlements, handed to whichever SQLite call runs next.
+        self._settling: list[_Write] = []
+        self._settle_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -211,11 +247,13 @@ class AsyncQueue:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="async-queue")
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="async-queue-sync")
         try:
             await self._call(self._open_sync)
         except BaseException:
             self._executor.shutdown(wait=False)
-            self._executor = None
+            self._syncer.shutdown(wait=False)
+            self._executor = self._syncer = None
             raise
 
     def _open_sync(self) -> None:
@@ -232,7 +270,18 @@ class AsyncQueue:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             conn.execute("COMMIT")
+            # The WAL exists while this connection is open; durability of accepting commits is an
+            # fsync of it (see the module docstring), and of the directory entry naming it.
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
         except BaseException:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
             conn.close()
             raise
         self._conn = conn
@@ -241,14 +290,24 @@ class AsyncQueue:
     async def close(self) -> None:
         if self._executor is None:
             return
-        while self._flusher is not None and not self._flusher.done():
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        while self._settling or (self._flusher is not None and not self._flusher.done()):
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.get_running_loop().create_task(self._flush())
             await asyncio.shield(self._flusher)
-        executor = self._executor
+        executor, syncer = self._executor, self._syncer
         await self._call(self._close_sync)
-        self._executor = None
+        self._executor = self._syncer = None
         executor.shutdown(wait=True)
+        if syncer is not None:
+            syncer.shutdown(wait=True)
 
     def _close_sync(self) -> None:
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -264,6 +323,52 @@ class AsyncQueue:
         if self._executor is None:
             raise QueueClosed("the asynchronous queue is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def _call_settling(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the SQLite thread after committing the waiting settlements, in one round trip."""
+        if self._executor is None:
+            raise QueueClosed("the asynchronous queue is not open")
+        batch = self._take_settling()
+        if not batch:
+            return await self._call(fn)
+
+        def run() -> tuple[list[tuple[bool, Any]] | BaseException, T]:
+            try:
+                outcomes: list[tuple[bool, Any]] | BaseException = self._commit_sync(batch, durable=False)
+            except Exception as exc:  # the settlements fail, the read still happens
+                outcomes = exc
+            return outcomes, fn()
+
+        try:
+            outcomes, value = await self._call(run)
+        except BaseException as exc:
+            self._resolve(batch, exc)
+            raise
+        self._resolve(batch, outcomes)
+        return value
+
+    def _take_settling(self) -> list[_Write]:
+        batch, self._settling = self._settling, []
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        return batch
+
+    @staticmethod
+    def _resolve(batch: list[_Write], outcomes: list[tuple[bool, Any]] | BaseException) -> None:
+        if isinstance(outcomes, BaseException):
+            error = outcomes if isinstance(outcomes, Exception) else QueueClosed(str(outcomes))
+            for write in batch:
+                if not write.future.done():
+                    write.future.set_exception(error)
+            return
+        for write, (ok, value) in zip(batch, outcomes, strict=True):
+            if write.future.done():
+                continue
+            if ok:
+                write.future.set_result(value)
+            else:
+                write.future.set_exception(value)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -282,28 +387,63 @@ class AsyncQueue:
         result: T = await asyncio.shield(write.future)
         return result
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                outcomes = await self._call(functools.partial(self._commit_sync, batch))
-            except BaseException as exc:
-                for write in batch:
-                    if not write.future.done():
-                        write.future.set_exception(exc if isinstance(exc, Exception) else QueueClosed(str(exc)))
-                continue
-            for write, (ok, value) in zip(batch, outcomes, strict=True):
-                if write.future.done():
-                    continue
-                if ok:
-                    write.future.set_result(value)
-                else:
-                    write.future.set_exception(value)
+    async def _settle(self, run: Callable[[sqlite3.Connection], Any], event_id: int) -> None:
+        """Write-behind for an attempt's outcome: returns once committed (without fsync), which is
+        at the next claim, after SETTLE_DELAY, or once SETTLE_BATCH are waiting."""
+        if self._executor is None:
+            raise QueueClosed("the asynchronous queue is not open")
+        loop = asyncio.get_running_loop()
+        write = _Write(run, loop.create_future(), event_id)
+        self._settling.append(write)
+        if len(self._settling) >= SETTLE_BATCH:
+            self._kick_settling()
+        elif self._settle_timer is None:
+            self._settle_timer = loop.call_later(SETTLE_DELAY, self._kick_settling)
+        await asyncio.shield(write.future)
 
-    def _commit_sync(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
-        """One transaction for the whole batch; each write in its own savepoint (all-or-nothing)."""
+    def _kick_settling(self) -> None:
+        self._settle_timer = None
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending or self._settling:
+            # Strict writes carry the waiting settlements along; settlements alone commit without fsync.
+            strict, self._pending = self._pending, []
+            batch = strict + self._take_settling()
+            try:
+                outcomes: list[tuple[bool, Any]] | BaseException = await self._call(
+                    functools.partial(self._commit_sync, batch, durable=False))
+                if strict:
+                    await self._sync_wal()
+            except BaseException as exc:
+                outcomes = exc
+            self._resolve(batch, outcomes)
+
+    async def _sync_wal(self) -> None:
+        """Make every commit so far durable; the SQLite thread meanwhile serves claims."""
+        syncer, fd = self._syncer, self._wal_fd
+        if syncer is None or fd is None:
+            raise QueueClosed("the asynchronous queue is not open")
+        await asyncio.get_running_loop().run_in_executor(syncer, os.fsync, fd)
+
+    def _commit_sync(self, batch: list[_Write], *, durable: bool = True) -> list[tuple[bool, Any]]:
+        """One transaction for the whole batch; each write in its own savepoint (all-or-nothing).
+
+        `durable` commits are fsynced before returning; the others only reach the OS (they survive a
+        process crash, and the next durable commit's fsync covers them too)."""
         conn = self._db()
         outcomes: list[tuple[bool, Any]] = []
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._commit_batch(conn, batch, outcomes)
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")
+        return outcomes
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write], outcomes: list[tuple[bool, Any]]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for write in batch:
@@ -325,7 +465,6 @@ class AsyncQueue:
         for write, (ok, _) in zip(batch, outcomes, strict=True):
             if ok and write.unclaim is not None:
                 self._claimed.discard(write.unclaim)
-        return outcomes
 
     # -- accepting events --------------------------------------------------------------------------
 
@@ -375,39 +514,57 @@ class AsyncQueue:
 
     async def claim(self, mapping: str, stage: Stage, limit: int) -> Claim:
         """Take up to `limit` due, unclaimed events of one lane (a mapping and a stage), oldest due first."""
+        (claim,) = await self.claim_many([ClaimRequest(mapping, stage, limit, "")], {"": max(limit, 0)})
+        return claim
+
+    async def claim_many(self, requests: Sequence[ClaimRequest], budgets: dict[str, int]) -> list[Claim]:
+        """Claim for several lanes in one round trip (after committing the waiting settlements).
+
+        Lanes are served in the given order, each taking at most its `limit` and at most what is
+        left of its budget, so lanes sharing a function cannot together exceed its free slots."""
         now = self._clock()
+        left = dict(budgets)
 
-        def run() -> Claim:
+        def run() -> list[Claim]:
             conn = self._db()
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE mapping = ? AND stage = ? ORDER BY due_at, id LIMIT ?",
-                (mapping, stage, max(limit, 0) + len(self._claimed) + 1),
-            ).fetchall()
-            taken: list[StoredEvent] = []
-            next_due: float | None = None
-            for row in rows:
-                if row[0] in self._claimed:
-                    continue
-                if len(taken) < limit and row[6] <= now:
-                    taken.append(_row_to_event(row))
-                    self._claimed.add(row[0])
-                    continue
-                next_due = row[6]
-                break
-            return Claim(taken, next_due)
+            claims: list[Claim] = []
+            for request in requests:
+                limit = max(0, min(request.limit, left.get(request.budget, 0)))
+                claim = self._claim_sync(conn, request.mapping, request.stage, limit, now)
+                left[request.budget] = left.get(request.budget, 0) - len(claim.events)
+                claims.append(claim)
+            return claims
 
-        return await self._call(run)
+        return await self._call_settling(run)
+
+    def _claim_sync(self, conn: sqlite3.Connection, mapping: str, stage: Stage, limit: int, now: float) -> Claim:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE mapping = ? AND stage = ? ORDER BY due_at, id LIMIT ?",
+            (mapping, stage, limit + len(self._claimed) + 1),
+        ).fetchall()
+        taken: list[StoredEvent] = []
+        next_due: float | None = None
+        for row in rows:
+            if row[0] in self._claimed:
+                continue
+            if len(taken) < limit and row[6] <= now:
+                taken.append(_row_to_event(row))
+                self._claimed.add(row[0])
+                continue
+            next_due = row[6]
+            break
+        return Claim(taken, next_due)
 
     async def release(self, event_id: int) -> None:
         """Give a claimed event back unchanged (shutdown); it is due again at once."""
         if self._executor is None:
             return
-        await self._call(lambda: self._claimed.discard(event_id))
+        # Settlements first: a release must not let a claim see an event whose delete is still waiting.
+        await self._call_settling(lambda: self._claimed.discard(event_id))
 
     async def complete(self, event_id: int) -> None:
         """The event is finished (its record, if any, was written): forget it."""
-        await self._write(lambda conn: conn.execute("DELETE FROM events WHERE id = ?", (event_id,)),
-                          unclaim=event_id)
+        await self._settle(lambda conn: conn.execute("DELETE FROM events WHERE id = ?", (event_id,)), event_id)
 
     async def reschedule(
         self,
@@ -429,7 +586,7 @@ class AsyncQueue:
                 (due_at, invoke_count, system_errors, response, last_error, event_id),
             )
 
-        await self._write(run, unclaim=event_id)
+        await self._settle(run, event_id)
 
     async def park_delivery(
         self,
@@ -451,7 +608,7 @@ class AsyncQueue:
                 (delivery.to_json(), due_at, delivery_attempts, invoke_count, last_error, event_id),
             )
 
-        await self._write(run, unclaim=event_id)
+        await self._settle(run, event_id)
 
     # -- observing ---------------------------------------------------------------------------------
 
@@ -467,7 +624,7 @@ class AsyncQueue:
             ).fetchall()
             return {r[0]: MappingStats(r[1], r[2], r[3] or 0, r[4] or 0, r[5] or 0) for r in rows}
 
-        return await self._call(run)
+        return await self._call_settling(run)
 
     async def prune_dedup(self, older_than: float) -> int:
         """Forget dedup keys accepted before `older_than` (epoch seconds); returns how many."""

@@ -11,6 +11,7 @@ import pytest
 
 from router.delivery.async_queue import (
     AsyncQueue,
+    ClaimRequest,
     LastResponse,
     PendingDelivery,
     QueueClosed,
@@ -186,3 +187,50 @@ async def test_closed_queue_refuses_work(tmp_path: Path) -> None:
     q = AsyncQueue(tmp_path / "q.sqlite3")
     with pytest.raises(QueueClosed):
         await q.enqueue([ev(1)], dedup_window=0)
+
+
+async def test_claim_many_serves_lanes_in_order_within_a_shared_budget(queue: AsyncQueue) -> None:
+    await queue.enqueue([ev(i, mapping="a") for i in range(5)] + [ev(i, mapping="b") for i in range(5)],
+                        dedup_window=0)
+    requests = [ClaimRequest("b", "invoke", 2, "fn"), ClaimRequest("a", "invoke", 2, "fn"),
+                ClaimRequest("a", "deliver", 5, "deliver:a")]
+    b, a, parked = await queue.claim_many(requests, {"fn": 3, "deliver:a": 5})
+    # b first takes its share of 2, a gets only the one slot left of the function's 3
+    assert [e.event["Records"][0]["n"] for e in b.events] == [0, 1]
+    assert [e.event["Records"][0]["n"] for e in a.events] == [0]
+    assert a.next_due is not None  # a still has due work: the dispatcher comes back for it
+    assert parked.events == [] and parked.next_due is None
+
+
+async def test_settlements_are_grouped_and_visible_to_the_next_claim(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "q.sqlite3"
+    q = AsyncQueue(path, clock=clock)
+    await q.open()
+    await q.enqueue([ev(i) for i in range(50)], dedup_window=0)
+    claimed = (await q.claim("m", "invoke", 50)).events
+    done = [asyncio.ensure_future(q.complete(e.id)) for e in claimed[:40]]
+    retry = [asyncio.ensure_future(q.reschedule(e.id, due_at=clock.now + 5, invoke_count=1, system_errors=0,
+                                                last_response=None, last_error="x")) for e in claimed[40:]]
+    await asyncio.sleep(0)  # the settlements wait for company; the claim takes them along
+    again = await q.claim("m", "invoke", 50)
+    assert again.events == [] and again.next_due == clock.now + 5
+    await asyncio.gather(*done, *retry)
+    await q.close()
+    # what was settled survives a restart, and the rescheduled events keep their new state
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT invoke_count, due_at FROM events").fetchall()
+    assert rows == [(1, clock.now + 5)] * 10
+
+
+async def test_a_lone_settlement_is_committed_without_waiting_for_a_claim(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "q.sqlite3"
+    q = AsyncQueue(path, clock=clock)
+    await q.open()
+    try:
+        await q.enqueue([ev(1)], dedup_window=0)
+        (event,) = (await q.claim("m", "invoke", 1)).events
+        await asyncio.wait_for(q.complete(event.id), 1.0)
+        with sqlite3.connect(path) as conn:  # another reader sees the delete: it is committed
+            assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+    finally:
+        await q.close()

@@ -13,6 +13,10 @@ Why this shape:
   own slots. One round is one round trip to the queue: every ready lane's claim travels together
   (and carries the settlements of finished attempts with it), so the drain rate is not bounded by
   one SQLite round trip per event.
+* Each function may have up to its reserved concurrency of events claimed ahead, in memory, beyond
+  those running (`_Lane.ready`): a freed slot starts the next one at once instead of waiting for a
+  round trip to the queue. Claims are not persisted, so these are due again after any restart;
+  `stop` gives them back. The bound keeps the backlog in the durable queue, not in memory.
 * A destination that is down never loses an event: the record is parked in the queue (the function
   is not run again) and written later with backoff. While a mapping's destination is failing, new
   records are parked at once instead of each waiting for a timeout.
@@ -24,6 +28,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,6 +92,8 @@ class _Lane:
     mapping: BucketMapping
     tracker: Tracker
     in_flight: int = 0
+    # Claimed ahead, not yet started (see the module docstring); oldest first.
+    ready: deque[StoredEvent] = field(default_factory=deque)
     deliveries: int = 0
     # Next known due time per stage; `dirty` means "look again, something may have arrived".
     next_invoke: float | None = None
@@ -134,8 +141,12 @@ class AsyncInvoker:
         }
         self._function_in_flight: dict[str, int] = {}
         self._sharers: dict[str, int] = {}
+        self._lanes_of: dict[str, list[_Lane]] = {}
+        self._ready_count: dict[str, int] = {}
+        self._next_ready: dict[str, int] = {}
         for lane in self._lanes.values():
             self._sharers[lane.function] = self._sharers.get(lane.function, 0) + 1
+            self._lanes_of.setdefault(lane.function, []).append(lane)
         self._round = 0
         self._wake_event = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -182,6 +193,7 @@ class AsyncInvoker:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
                 self._log.warning("async.stop_abandoned", events=len(pending), outcome="requeued")
+        self._abandon_ready()
         abandoned, self._abandoned = self._abandoned, []
         for event_id in abandoned:
             with contextlib.suppress(QueueClosed):
@@ -214,6 +226,28 @@ class AsyncInvoker:
         limit = self._config.functions[function].reserved_concurrent_executions
         return limit - self._function_in_flight.get(function, 0)
 
+    def _claim_room(self, function: str) -> int:
+        """Events a function may still claim: free slots plus room in its claimed-ahead buffer."""
+        limit = self._config.functions[function].reserved_concurrent_executions
+        return 2 * limit - self._function_in_flight.get(function, 0) - self._ready_count.get(function, 0)
+
+    def _start_ready(self, function: str) -> None:
+        """Start claimed-ahead events while the function has free slots, taking lanes in turn."""
+        lanes = self._lanes_of.get(function, [])
+        while (not self._stopping and self._ready_count.get(function, 0) > 0
+               and self._free_slots(function) > 0):
+            turn = self._next_ready.get(function, 0)
+            for offset in range(len(lanes)):
+                lane = lanes[(turn + offset) % len(lanes)]
+                if lane.ready:
+                    self._next_ready[function] = turn + offset + 1
+                    event = lane.ready.popleft()
+                    self._ready_count[function] -= 1
+                    lane.in_flight += 1
+                    self._function_in_flight[function] = self._function_in_flight.get(function, 0) + 1
+                    self._spawn(self._attempt(lane, event), event)
+                    break
+
     async def _dispatch(self) -> None:
         lanes = list(self._lanes.values())
         if not lanes:
@@ -239,7 +273,7 @@ class AsyncInvoker:
                     budget, free = f"refuse:{lane.name}", DELIVERY_CONCURRENCY - lane.deliveries
                     share = free
                 else:
-                    budget, free = f"fn:{lane.function}", self._free_slots(lane.function)
+                    budget, free = f"fn:{lane.function}", self._claim_room(lane.function)
                     share = max(1, free // self._sharers[lane.function])
                 if free > 0:
                     budgets[budget] = free
@@ -262,6 +296,10 @@ class AsyncInvoker:
             else:
                 self._start_deliveries(lane, request.limit, claim)
             progress |= bool(claim.events)
+        for function in {lane.function for lane in owners}:
+            self._start_ready(function)
+        if self._stopping:
+            self._abandon_ready()
         return progress
 
     def _zero_concurrency(self, lane: _Lane) -> bool:
@@ -275,9 +313,8 @@ class AsyncInvoker:
                 lane.deliveries += 1
                 self._spawn(self._refuse(lane, event), event)
             else:
-                lane.in_flight += 1
-                self._function_in_flight[lane.function] = self._function_in_flight.get(lane.function, 0) + 1
-                self._spawn(self._attempt(lane, event), event)
+                lane.ready.append(event)
+                self._ready_count[lane.function] = self._ready_count.get(lane.function, 0) + 1
         if claim.events and len(claim.events) == limit:
             lane.invoke_dirty = True  # there may be more due right now
 
@@ -319,7 +356,14 @@ class AsyncInvoker:
     def _invoke_capacity(self, lane: _Lane) -> bool:
         if self._config.functions[lane.function].reserved_concurrent_executions == 0:
             return lane.deliveries < DELIVERY_CONCURRENCY
-        return self._free_slots(lane.function) > 0
+        return self._claim_room(lane.function) > 0
+
+    def _abandon_ready(self) -> None:
+        """Claimed-ahead events go back to the queue when the invoker stops (released in `stop`)."""
+        for lane in self._lanes.values():
+            while lane.ready:
+                self._abandoned.append(lane.ready.popleft().id)
+            self._ready_count[lane.function] = 0
 
     def _delivery_limit(self, lane: _Lane) -> int:
         """Parked records to claim now; while the destination is failing, probe with one at a time."""
@@ -348,6 +392,7 @@ class AsyncInvoker:
     def _release_slot(self, lane: _Lane) -> None:
         lane.in_flight -= 1
         self._function_in_flight[lane.function] -= 1
+        self._start_ready(lane.function)
         self._wake_event.set()
 
     async def _attempt(self, lane: _Lane, event: StoredEvent) -> None:

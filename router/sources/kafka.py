@@ -475,3 +475,71 @@ class KafkaStreamSource:
             "assigned": sorted(tp.partition for tp in consumer.assignment()) if consumer is not None else [],
             "last_error": self.last_error,
         }
+
+
+# -- inspection for operators (router shards, router reset-checkpoint) --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    member_id: str
+    client_id: str
+    host: str
+    # Partitions of the mapping's topic this member owns; None when the broker does not report
+    # assignments (Tansu answers DescribeGroups with empty assignment bytes).
+    partitions: tuple[int, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    group_id: str
+    state: str
+    members: tuple[GroupMember, ...]
+
+    def owner_of(self, partition: int) -> GroupMember | None:
+        return next((m for m in self.members if m.partitions and partition in m.partitions), None)
+
+    @property
+    def assignments_known(self) -> bool:
+        return any(m.partitions is not None for m in self.members)
+
+
+def _decode_assignment(raw: bytes, topic: str) -> tuple[int, ...] | None:
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    if not raw:
+        return None
+    try:
+        assignment = ConsumerProtocolMemberAssignment.decode(raw)
+    except Exception:
+        return None
+    return tuple(sorted(p for t, parts in assignment.assignment if t == topic for p in parts))
+
+
+async def describe_group(kafka: KafkaConfig, group_id: str, topic: str) -> GroupInfo:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**client_options(kafka), client_id=f"{kafka.client_id}-admin")
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group_id])
+    finally:
+        await admin.close()
+    for response in responses:
+        for group in response.groups:
+            error_code, gid, state, _ptype, _protocol, members = group[:6]
+            if gid != group_id:
+                continue
+            if error_code:
+                raise KafkaError(f"DescribeGroups {group_id}: error {error_code}")
+            return GroupInfo(group_id, state, tuple(
+                GroupMember(m[0], m[1], m[2], _decode_assignment(m[4], topic)) for m in members))
+    return GroupInfo(group_id, "Dead", ())
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer.topics()  # a metadata refresh
+        partitions = consumer.partitions_for_topic(topic)
+    return sorted(partitions or [])

@@ -134,6 +134,9 @@ class AsyncInvoker:
         # The invoker owns the queue's observability: enqueue counts received and duplicate events.
         if queue.metrics is None:
             queue.metrics = metrics
+        # Look for new events as soon as they are committed, not only after their fsync.
+        if queue.on_committed is None:
+            queue.on_committed = self.wake
         self._lanes: dict[str, _Lane] = {
             name: _Lane(name, mapping, board.tracker(f"async:{name}", kind="work"))
             for name, mapping in config.bucket_mappings().items()
@@ -417,7 +420,6 @@ class AsyncInvoker:
         """One attempt. Returns the final outcome, or None when the event was rescheduled."""
         mapping = lane.mapping
         attempt = event.invoke_count + 1
-        log = self._log.bind(mapping=lane.name, function=lane.function, attempt=attempt)
         started = time.monotonic()
         try:
             # One request id for every attempt of the event, as Lambda keeps it across async retries.
@@ -432,13 +434,15 @@ class AsyncInvoker:
             return await self._system_error(lane, event, str(result.error_type), str(result.error_type))
         response = LastResponse(result.request_id, result.payload, result.function_error, result.error_type)
         if result.ok:
-            log.info("async.invocation", request_id=result.request_id, duration_ms=duration_ms,
-                     outcome=result.outcome)
+            # Per event: no bind() (it builds a logger even when the line is filtered out).
+            self._log.info("async.invocation", mapping=lane.name, function=lane.function, attempt=attempt,
+                           request_id=result.request_id, duration_ms=duration_ms, outcome=result.outcome)
             return Condition.SUCCESS, response, attempt
         lane.last_error = result.error_type
         decision = after_function_error(mapping, invoke_count=attempt, accepted_at=event.accepted_at,
                                         now=self._clock())
-        log.warning("async.invocation", request_id=result.request_id, duration_ms=duration_ms,
+        self._log.warning("async.invocation", mapping=lane.name, function=lane.function, attempt=attempt,
+                    request_id=result.request_id, duration_ms=duration_ms,
                     outcome=result.outcome, error_type=result.error_type,
                     next="retry" if isinstance(decision, RetryAt) else str(decision.condition),
                     retry_in_seconds=decision.delay if isinstance(decision, RetryAt) else None)
@@ -491,16 +495,16 @@ class AsyncInvoker:
         succeeded = condition is Condition.SUCCESS
         config = lane.mapping.destination_config
         target = config.on_success if succeeded else config.on_failure
-        log = self._log.bind(mapping=lane.name, function=lane.function, condition=str(condition),
-                             approximate_invoke_count=invoke_count)
         if not succeeded:
             self._metrics.async_events_dropped.labels(mapping=lane.name, condition=str(condition)).inc()
         if target is None:
             await self._queue.complete(event.id)
             self._completed(lane)
             if not succeeded:
-                log.warning("async.event_dropped", request_id=self._request_id(event, response),
-                            outcome="dropped", error_type=response.error_type if response else None)
+                self._log.warning("async.event_dropped", mapping=lane.name, function=lane.function,
+                                  condition=str(condition), approximate_invoke_count=invoke_count,
+                                  request_id=self._request_id(event, response), outcome="dropped",
+                                  error_type=response.error_type if response else None)
             return
         invoked = response is not None and condition is not Condition.ZERO_RESERVED_CONCURRENCY
         record = async_destination_record(

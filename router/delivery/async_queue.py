@@ -239,6 +239,9 @@ class AsyncQueue:
         # Write-behind settlements, handed to whichever SQLite call runs next.
         self._settling: list[_Write] = []
         self._settle_timer: asyncio.TimerHandle | None = None
+        # Called once accepted events are committed (visible to claims), before their fsync: the
+        # dispatcher may start them early; an event run before it is durable is only at-least-once.
+        self.on_committed: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -415,6 +418,8 @@ class AsyncQueue:
                 outcomes: list[tuple[bool, Any]] | BaseException = await self._call(
                     functools.partial(self._commit_sync, batch, durable=False))
                 if strict:
+                    if self.on_committed is not None:
+                        self.on_committed()
                     await self._sync_wal()
             except BaseException as exc:
                 outcomes = exc

@@ -407,3 +407,25 @@ async def test_a_retry_scheduled_ahead_is_not_a_stall_but_a_waiting_record_is(bu
     assert h.invoker.status()["mappings"]["m"]["retries_scheduled"] == 1
     await h.invoker.stop(1)
     await h.queue.close()
+
+
+async def test_events_claimed_ahead_are_bounded_and_given_back_on_stop(build: Any) -> None:
+    gate = asyncio.Event()
+
+    async def slow(f: str, e: Any) -> InvocationResult:
+        await gate.wait()
+        return ok(h.pool)
+
+    h: Harness = await build({"m": {}}, slow, functions={"fn": 2})
+    await h.enqueue("m", 10)
+    await until(lambda: len(h.pool.calls) == 2)
+    await asyncio.sleep(0.05)
+    # two running, at most two more claimed ahead in memory; the rest is still claimable in the queue
+    left = await h.queue.claim("m", "invoke", 10)
+    assert len(left.events) == 6
+    for event in left.events:
+        await h.queue.release(event.id)
+    await h.invoker.stop(0.05)
+    assert len((await h.queue.claim("m", "invoke", 10)).events) == 10  # nothing was lost in memory
+    gate.set()
+    await h.queue.close()

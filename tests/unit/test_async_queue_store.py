@@ -234,3 +234,14 @@ async def test_a_lone_settlement_is_committed_without_waiting_for_a_claim(tmp_pa
             assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
     finally:
         await q.close()
+
+
+async def test_accepted_events_are_announced_once_committed_before_enqueue_returns(queue: AsyncQueue) -> None:
+    seen: list[int] = []
+
+    def committed() -> None:  # runs before the fsync: the rows are already visible to a claim
+        seen.append(len(seen))
+
+    queue.on_committed = committed
+    await asyncio.gather(*(queue.enqueue([ev(i)], dedup_window=0) for i in range(20)))
+    assert 1 <= len(seen) < 20  # group-committed: one announcement per batch, not per event

@@ -232,6 +232,8 @@ class AsyncQueue:
         self._executor: ThreadPoolExecutor | None = None
         self._syncer: ThreadPoolExecutor | None = None  # fsyncs the WAL off the SQLite thread
         self._wal_fd: int | None = None
+        # Set when an fsync of the WAL failed: nothing may be acknowledged any more (see _sync_wal).
+        self._failed: str | None = None
         self._conn: sqlite3.Connection | None = None
         self._claimed: set[int] = set()  # touched only on the SQLite thread
         self._pending: list[_Write] = []
@@ -249,6 +251,7 @@ class AsyncQueue:
         if self._executor is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._failed = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="async-queue")
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="async-queue-sync")
         try:
@@ -301,7 +304,7 @@ class AsyncQueue:
                 self._flusher = asyncio.get_running_loop().create_task(self._flush())
             await asyncio.shield(self._flusher)
         executor, syncer = self._executor, self._syncer
-        await self._call(self._close_sync)
+        await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
         self._executor = self._syncer = None
         executor.shutdown(wait=True)
         if syncer is not None:
@@ -325,6 +328,8 @@ class AsyncQueue:
     async def _call(self, fn: Callable[[], T]) -> T:
         if self._executor is None:
             raise QueueClosed("the asynchronous queue is not open")
+        if self._failed is not None:
+            raise QueueClosed(self._failed)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def _call_settling(self, fn: Callable[[], T]) -> T:
@@ -430,7 +435,14 @@ class AsyncQueue:
         syncer, fd = self._syncer, self._wal_fd
         if syncer is None or fd is None:
             raise QueueClosed("the asynchronous queue is not open")
-        await asyncio.get_running_loop().run_in_executor(syncer, os.fsync, fd)
+        try:
+            await asyncio.get_running_loop().run_in_executor(syncer, os.fsync, fd)
+        except OSError as exc:
+            # The batch's rows are committed but maybe not on disk, and a failed fsync cannot be
+            # retried meaningfully (the kernel may have dropped the dirty pages). Refuse all further
+            # work so nothing else is acknowledged; a restart recovers from what is on disk.
+            self._failed = f"fsync of the queue's WAL failed: {exc}"
+            raise QueueClosed(self._failed) from exc
 
     def _commit_sync(self, batch: list[_Write], *, durable: bool = True) -> list[tuple[bool, Any]]:
         """One transaction for the whole batch; each write in its own savepoint (all-or-nothing).

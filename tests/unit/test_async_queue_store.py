@@ -245,3 +245,21 @@ async def test_accepted_events_are_announced_once_committed_before_enqueue_retur
     queue.on_committed = committed
     await asyncio.gather(*(queue.enqueue([ev(i)], dedup_window=0) for i in range(20)))
     assert 1 <= len(seen) < 20  # group-committed: one announcement per batch, not per event
+
+
+async def test_a_failed_wal_fsync_refuses_every_later_acknowledgement(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "q.sqlite3"
+    q = AsyncQueue(path, clock=clock)
+    await q.open()
+    wal_fd, q._wal_fd = q._wal_fd, 1 << 30  # no such descriptor: fsync fails (EBADF) like a bad disk
+    with pytest.raises(QueueClosed):
+        await q.enqueue([ev(1)], dedup_window=0)
+    with pytest.raises(QueueClosed):  # not retried: a later fsync could falsely report success
+        await q.enqueue([ev(2)], dedup_window=0)
+    q._wal_fd = wal_fd
+    await q.close()
+    await q.open()  # a restart recovers from what is on disk
+    try:
+        assert (await q.enqueue([ev(3)], dedup_window=0)).accepted == 1
+    finally:
+        await q.close()

@@ -32,9 +32,21 @@ class ShardCheckpoint:
         self._pending.append(offset)
         self._next = offset + 1
 
+    def track_many(self, offsets: list[int]) -> None:
+        """`track` for fetched records in offset order."""
+        if offsets:
+            if offsets[0] < self._next:
+                raise ValueError(f"offset {offsets[0]} tracked out of order (next is {self._next})")
+            self._pending.extend(offsets)
+            self._next = offsets[-1] + 1
+
     def done(self, offsets: Iterable[int]) -> None:
-        self._done.update(offsets)
         pending, done = self._pending, self._done
+        for offset in offsets:
+            if pending and pending[0] == offset and not done:
+                pending.popleft()  # the usual case: records finish in order
+            else:
+                done.add(offset)
         while pending and pending[0] in done:
             done.discard(pending.popleft())
 

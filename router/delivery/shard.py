@@ -25,7 +25,7 @@ import contextlib
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +39,8 @@ from router.delivery.stream_retries import Abandoned, Backoff, Discard, StreamBa
 from router.events.kinesis import (
     MAX_INVOCATION_PAYLOAD_BYTES,
     KinesisEventBuilder,
+    SourceRecord,
     StreamRecord,
-    added_size,
     event_size,
 )
 from router.observability.metrics import Metrics
@@ -159,41 +159,57 @@ class ShardProcessor:
 
     # -- intake (called by the source, never blocks) -----------------------------------------------
 
-    def add(self, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int) -> None:
-        if self._stopping.is_set() or offset < self.checkpoint.next_offset:
-            return  # a revoked shard drops records; an offset seen before (a re-fetch) is ignored
-        record = self.builder.stream_record(offset, key, value, timestamp_ms)
-        self.checkpoint.track(offset)
-        self._held += 1
+    def add(self, records: Iterable[SourceRecord]) -> None:
+        """Take fetched records (shard order). A stopping shard drops them; offsets seen before (a
+        re-fetch after a seek) are ignored."""
+        if self._stopping.is_set():
+            return
+        fresh = self.builder.stream_records(records, after=self.checkpoint.next_offset - 1)
+        if not fresh:
+            return
+        self.checkpoint.track_many([r.offset for r in fresh])
+        self._held += len(fresh)
         if self._skip_before is not None:
-            if record.arrival < self._skip_before:
-                self._skipped(record)
-                return
-            self._skip_before = None
-        lane = self._lanes[self._lane_of(record)]
-        was_empty = not lane.buffer
-        if was_empty:
-            lane.first_ready = asyncio.get_running_loop().time()
-        lane.buffer.append(record)
-        lane.buffered_bytes += record.size + 1
-        # Wake the lane for its first record (it may start a window) and when a batch is full.
-        if was_empty or len(lane.buffer) >= self.mapping.batch_size \
-                or lane.buffered_bytes >= MAX_INVOCATION_PAYLOAD_BYTES:
-            lane.wakeup.set()
-        self.tracker.set_pending(True)
+            fresh = self._skip_old(fresh)
+        loop_time = asyncio.get_running_loop().time()
+        lanes = self._lanes
+        if len(lanes) == 1:
+            self._append(lanes[0], fresh, loop_time)
+        else:
+            routed: list[list[StreamRecord]] = [[] for _ in lanes]
+            crc32, count = zlib.crc32, len(lanes)
+            for record in fresh:
+                routed[crc32(record.partition_key.encode("utf-8", "surrogatepass")) % count].append(record)
+            for lane, chunk in zip(lanes, routed, strict=True):
+                if chunk:
+                    self._append(lane, chunk, loop_time)
+        self.tracker.set_pending(self._held > 0)
         if self._held >= self._limit and not self.paused:
             self.paused = True
             self._pause()
 
-    def _lane_of(self, record: StreamRecord) -> int:
-        if len(self._lanes) == 1:
-            return 0
-        return zlib.crc32(record.partition_key.encode("utf-8", "surrogatepass")) % len(self._lanes)
+    def _append(self, lane: _Lane, records: list[StreamRecord], now: float) -> None:
+        was_empty = not lane.buffer
+        if was_empty:
+            lane.first_ready = now
+        lane.buffer.extend(records)
+        lane.buffered_bytes += sum(len(r.json) for r in records) + len(records)
+        # Wake the lane for its first records (they may start a window) and when a batch is full.
+        if was_empty or len(lane.buffer) >= self.mapping.batch_size \
+                or lane.buffered_bytes >= MAX_INVOCATION_PAYLOAD_BYTES:
+            lane.wakeup.set()
 
-    def _skipped(self, record: StreamRecord) -> None:
-        self.checkpoint.done([record.offset])
-        self._held -= 1
-        self._after_progress()
+    def _skip_old(self, records: list[StreamRecord]) -> list[StreamRecord]:
+        """AT_TIMESTAMP: records before the first one at or after the timestamp are done unsent."""
+        assert self._skip_before is not None
+        keep = next((i for i, r in enumerate(records) if r.arrival >= self._skip_before), len(records))
+        if keep < len(records):
+            self._skip_before = None
+        if keep:
+            self.checkpoint.done(r.offset for r in records[:keep])
+            self._held -= keep
+            self._after_progress()
+        return records[keep:]
 
     # -- lanes ---------------------------------------------------------------------------------------
 
@@ -246,20 +262,23 @@ class ShardProcessor:
         return self._take(lane)
 
     def _take(self, lane: _Lane) -> list[StreamRecord]:
-        batch: list[StreamRecord] = []
-        size = _EMPTY_EVENT
         buffer = lane.buffer
-        limit = self.mapping.batch_size
-        while buffer and len(batch) < limit:
-            grow = added_size(buffer[0], len(batch))
-            if size + grow > MAX_INVOCATION_PAYLOAD_BYTES and batch:
-                break
-            record = buffer.popleft()
-            lane.buffered_bytes -= record.size + 1
-            batch.append(record)
-            size += grow
-            if size > MAX_INVOCATION_PAYLOAD_BYTES:
-                break  # a single record too large to invoke; the caller discards it
+        popleft = buffer.popleft
+        batch = [popleft() for _ in range(min(len(buffer), self.mapping.batch_size))]
+        # Bytes of the event: envelope, each record, a separator between records.
+        sizes = [len(r.json) + 1 for r in batch]
+        total = sum(sizes)
+        if _EMPTY_EVENT - 1 + total > MAX_INVOCATION_PAYLOAD_BYTES:
+            # Too big for one invocation: keep the longest prefix that fits (at least one record;
+            # a single record too large to invoke is discarded by the caller), return the rest.
+            keep, size = 0, _EMPTY_EVENT - 1
+            while keep < len(batch) and (keep == 0 or size + sizes[keep] <= MAX_INVOCATION_PAYLOAD_BYTES):
+                size += sizes[keep]
+                keep += 1
+            buffer.extendleft(reversed(batch[keep:]))
+            total -= sum(sizes[keep:])
+            batch = batch[:keep]
+        lane.buffered_bytes -= total
         if buffer:
             lane.first_ready = asyncio.get_running_loop().time()
         return batch

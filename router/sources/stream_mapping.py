@@ -107,9 +107,7 @@ class StreamMappingRunner:
         shard = self._shards.get(partition)
         if shard is None:
             return False
-        add = shard.add
-        for record in records:
-            add(record.offset, record.key, record.value, record.timestamp)
+        shard.add(records)
         return True
 
     def checkpoints(self) -> Mapping[int, ShardCheckpoint]:

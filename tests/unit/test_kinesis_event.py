@@ -77,7 +77,11 @@ def test_sequence_numbers_round_trip_and_shard_ids_parse() -> None:
         partition_of("shardId-3")
 
 
-def test_size_arithmetic_matches_json_dumps(builder: KinesisEventBuilder) -> None:
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def test_encoded_event_and_sizes_match_json_dumps(builder: KinesisEventBuilder) -> None:
     rng = random.Random(7)
     keys: list[bytes | None] = [None, b"", b"plain", b'q"uote\\', "ünï€😀".encode(), b"\x00\x1f\x7f", b"\xff\xfe",
                                 b"tab\tnl\n"]
@@ -87,10 +91,25 @@ def test_size_arithmetic_matches_json_dumps(builder: KinesisEventBuilder) -> Non
         value = rng.randbytes(rng.choice([0, 1, 2, 3, 4, 100, 1001])) if i % 7 else None
         ts = rng.choice([0, -1, 1, 1545084650987, 1700000000123, 1700000000100])
         record = builder.stream_record(offset, rng.choice(keys), value, ts)
-        assert record.size == len(json.dumps(builder.record(record))), record
+        assert record.size == len(_compact(builder.record(record))), record
         records.append(record)
-    for n in (0, 1, 2, 57):
-        assert event_size(records[:n]) == len(json.dumps(builder.event(records[:n])))
+    class Fetched:  # what a source hands over (aiokafka's ConsumerRecord has these attributes)
+        def __init__(self, r: object, key: bytes | None, value: bytes | None, ts: int) -> None:
+            self.offset, self.key, self.value, self.timestamp = r, key, value, ts
+
+    rng2 = random.Random(8)
+    fetched, expected = [], []
+    for offset in range(500, 800):
+        key, value, ts = rng2.choice(keys), rng2.randbytes(rng2.choice([0, 5, 77])), rng2.choice([0, 1700000000123])
+        fetched.append(Fetched(offset, key, value, ts))
+        expected.append(builder.stream_record(offset, key, value, ts))
+    assert builder.stream_records(fetched) == expected
+    assert builder.stream_records(fetched, after=749) == expected[250:]
+    for n in (0, 1, 2, 57, 300):
+        encoded = builder.encode_event(records[:n])
+        assert encoded == _compact(builder.event(records[:n])).encode()
+        assert event_size(records[:n]) == len(encoded)
+        assert json.loads(encoded) == builder.event(records[:n])
 
 
 def test_event_is_in_the_order_given(builder: KinesisEventBuilder) -> None:

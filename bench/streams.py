@@ -1,0 +1,271 @@
+"""Benchmark: a stream mapping draining a backlog next to a raw aiokafka consumer loop.
+
+    .venv/bin/python bench/streams.py [--records 200000] [--backlog 1000000] [--bootstrap HOST:PORT]
+
+One run, one broker (a local Tansu unless --bootstrap is given), the same data for both:
+
+1. `--records` records of `--size` bytes over 8 partitions are produced to a fresh topic.
+2. Raw loop: one aiokafka consumer in a fresh group, `getmany` + `commit` of what it got, until
+   every record is committed. This is the floor: fetching and committing, no processing at all.
+3. Router: a StreamMappingRunner (batch size 500, no-op handler in real worker processes) in a
+   child process, in a fresh group, until every shard's checkpoint is at the end.
+   Both rates are measured from the partition assignment to the last commit (group joins excluded).
+4. Peak RSS: a fresh topic with `--backlog` records is drained by a router child process while
+   its RSS (the daemon process; workers are listed apart) is sampled every 50 ms.
+
+Goals: router rate >= 0.5 x raw; daemon peak RSS < 300 MB while draining 1,000,000 records.
+`--records 20000 --backlog 100000` makes a quick run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+PARTITIONS = 8
+EXTRA: dict[str, Any] = json.loads(os.environ.get("BENCH_MAPPING", "{}"))
+NOOP_HANDLER = "def handler(event, context):\n    return None\n"
+
+
+# -- producing -----------------------------------------------------------------------------------------
+
+
+async def produce(bootstrap: str, topic: str, count: int, size: int) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024,
+                                acks=1, request_timeout_ms=60_000)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        value = os.urandom(size // 2).hex().encode()[:size]
+        pending = []
+        for i in range(count):
+            pending.append(await producer.send(topic, value, key=f"user-{i % 1000}".encode(),
+                                               partition=i % PARTITIONS))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return count / (time.perf_counter() - started)
+
+
+# -- raw aiokafka loop ---------------------------------------------------------------------------------
+
+
+async def raw_loop(bootstrap: str, topic: str, count: int) -> float:
+    from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+
+    assigned_at: list[float] = []
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            assigned_at.append(time.perf_counter())
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    await consumer.start()
+    consumer.subscribe([topic], listener=Listener())
+    seen = 0
+    try:
+        while seen < count:
+            batches = await consumer.getmany(timeout_ms=500)
+            if batches:
+                seen += sum(len(records) for records in batches.values())
+                await consumer.commit()
+        elapsed = time.perf_counter() - assigned_at[0]
+    finally:
+        await consumer.stop()
+    return count / elapsed
+
+
+# -- router child process ------------------------------------------------------------------------------
+
+
+def router_config(bootstrap: str, topic: str, code_path: str, concurrency: int) -> dict[str, Any]:
+    return {
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 6000},
+        "functions": {"noop": {"handler": "noop.handler", "code_path": code_path, "timeout": 30,
+                               "reserved_concurrent_executions": concurrency}},
+        "event_source_mappings": {"bench": {
+            "function_name": "noop", "kafka_topic": topic, "consumer_group_id": f"bench-router-{uuid.uuid4().hex[:6]}",
+            "batch_size": 500, "starting_position": "TRIM_HORIZON", **EXTRA,
+        }},
+    }
+
+
+async def child(config_path: str, total: int) -> None:
+    """Run the mapping until every record is checkpointed; print one JSON line with the timings."""
+    import logging
+
+    from router.config import load_config_data
+    from router.observability.logging import configure_logging
+    from router.observability.metrics import Metrics
+    from router.observability.progress import ProgressBoard
+    from router.runtime.pool import WorkerPool
+    from router.sources.stream_mapping import StreamMappingRunner
+
+    configure_logging(level="warning", fmt="json", stream=sys.stderr)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    config = load_config_data(json.loads(Path(config_path).read_text()), {})
+    metrics = Metrics()
+    pool = WorkerPool(config, metrics=metrics)
+    runner = StreamMappingRunner("bench", config.stream_mappings()["bench"], config, pool, None, metrics,
+                                 ProgressBoard(300))
+    await pool.start()
+    await runner.start()
+    print(json.dumps({"started": True}), flush=True)
+    import psutil
+
+    me = psutil.Process()
+
+    def cpu() -> tuple[float, float]:
+        own = me.cpu_times()
+        workers = 0.0
+        for child_process in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                times = child_process.cpu_times()
+                workers += times.user + times.system
+        return own.user + own.system, workers
+
+    first: float | None = None
+    cpu_first = (0.0, 0.0)
+    while True:
+        checkpoints = runner.checkpoints().values()
+        if first is None and checkpoints:
+            first = time.perf_counter()  # shards assigned: fetching starts
+            cpu_first = cpu()
+        if sum(max(0, cp.committed) for cp in checkpoints) >= total:
+            break
+        await asyncio.sleep(0.002)
+    elapsed = time.perf_counter() - (first or time.perf_counter())
+    cpu_last = cpu()
+    print(json.dumps({"rate": total / elapsed, "elapsed": elapsed, "daemon_cpu": cpu_last[0] - cpu_first[0],
+                      "workers_cpu": cpu_last[1] - cpu_first[1]}), flush=True)
+    await runner.stop(10)
+    await pool.close()
+
+
+async def run_router(bootstrap: str, topic: str, total: int, workdir: Path, concurrency: int,
+                     sample_rss: bool) -> dict[str, Any]:
+    import psutil
+
+    config_path = workdir / f"router-{topic}.json"
+    config_path.write_text(json.dumps(router_config(bootstrap, topic, str(workdir), concurrency)))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--child", str(config_path), str(total),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    daemon = psutil.Process(proc.pid)
+    peak, peak_workers = 0, 0
+
+    async def sample() -> None:
+        nonlocal peak, peak_workers
+        while True:
+            try:
+                peak = max(peak, daemon.memory_info().rss)
+                workers = sum(c.memory_info().rss for c in daemon.children(recursive=True))
+                peak_workers = max(peak_workers, workers)
+            except psutil.Error:
+                return
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample()) if sample_rss else None
+    result: dict[str, Any] = {}
+    try:
+        while line := await proc.stdout.readline():
+            result.update(json.loads(line))
+            if "rate" in result:
+                break
+        await proc.wait()
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    result["peak_rss_mb"] = peak / 2**20
+    result["peak_workers_rss_mb"] = peak_workers / 2**20
+    return result
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, workdir: Path) -> None:
+    (workdir / "noop.py").write_text(NOOP_HANDLER)
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    await create_topic(topic, PARTITIONS)
+    rate = await produce(bootstrap, topic, args.records, args.size)
+    print(f"produced {args.records} records of {args.size} bytes over {PARTITIONS} partitions ({rate:,.0f}/s)")
+    raw = await raw_loop(bootstrap, topic, args.records)
+    print(f"raw aiokafka getmany+commit : {raw:>12,.0f} records/s")
+    routed = await run_router(bootstrap, topic, args.records, workdir, args.concurrency, sample_rss=False)
+    print(f"router stream mapping       : {routed['rate']:>12,.0f} records/s  "
+          f"(batch size 500, no-op handler, {args.concurrency} environments)")
+    print(f"  CPU while draining: daemon {routed['daemon_cpu']:.2f} s, workers {routed['workers_cpu']:.2f} s, "
+          f"wall {routed['elapsed']:.2f} s ({routed['daemon_cpu'] / args.records * 1e6:.1f} us of daemon CPU "
+          "per record)")
+    print(f"ratio router / raw          : {routed['rate'] / raw:>12.2f}   (goal >= 0.5)")
+    if args.backlog:
+        backlog = f"bench-backlog-{uuid.uuid4().hex[:8]}"
+        await create_topic(backlog, PARTITIONS)
+        await produce(bootstrap, backlog, args.backlog, args.size)
+        drained = await run_router(bootstrap, backlog, args.backlog, workdir, args.concurrency, sample_rss=True)
+        print(f"backlog of {args.backlog:,} records drained at {drained['rate']:,.0f} records/s")
+        print(f"peak RSS, daemon process    : {drained['peak_rss_mb']:>9.1f} MB   (goal < 300 MB)")
+        print(f"peak RSS, worker processes  : {drained['peak_workers_rss_mb']:>9.1f} MB   (all environments together)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--backlog", type=int, default=1_000_000, help="0 skips the RSS measurement")
+    parser.add_argument("--concurrency", type=int, default=2, help="reserved concurrency of the no-op function")
+    parser.add_argument("--bootstrap", default=None, help="use this broker instead of starting Tansu")
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "TOTAL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        asyncio.run(child(args.child[0], int(args.child[1])))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
+        workdir = Path(tmp)
+        if args.bootstrap:
+            async def create(name: str, partitions: int) -> None:
+                from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+                admin = AIOKafkaAdminClient(bootstrap_servers=args.bootstrap)
+                await admin.start()
+                try:
+                    await admin.create_topics([NewTopic(name, partitions, 1)])
+                finally:
+                    await admin.close()
+
+            asyncio.run(bench(args, args.bootstrap, create, workdir))
+            return
+        from router.devstack import Tansu
+
+        with Tansu(workdir / "tansu") as broker:
+            print(f"broker: Tansu at {broker.bootstrap_servers} (memory storage)")
+            asyncio.run(bench(args, broker.bootstrap_servers, broker.acreate_topic, workdir))
+
+
+if __name__ == "__main__":
+    main()

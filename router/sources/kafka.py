@@ -43,6 +43,9 @@ from router.observability.progress import ProgressBoard
 PROBE_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 5.0
 FETCH_TIMEOUT_MS = 500
+# Records handed over per getmany: bounds the Kafka record objects alive at once (aiokafka keeps
+# the rest of a fetch as compact bytes until asked).
+FETCH_MAX_RECORDS = 2000
 COMMIT_WAIT_SECONDS = 5.0
 
 
@@ -217,6 +220,7 @@ class KafkaStreamSource:
         self._prober: asyncio.Task[None] | None = None
         self._connected: bool | None = None
         self._commit_problem: str | None = None
+        self._unstarted: set[int] = set()  # assigned shards whose setup failed (retried by the probe)
         self.state = "Creating"
         self.last_error: str | None = None
         self._backoff = Backoff(0.5, 30.0)
@@ -303,7 +307,7 @@ class KafkaStreamSource:
         errors = 0
         while not self._stopping.is_set():
             try:
-                batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
+                batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
             except KafkaError as exc:
                 errors += 1
                 if errors == 1:
@@ -319,6 +323,7 @@ class KafkaStreamSource:
     # -- rebalance ---------------------------------------------------------------------------------
 
     async def _revoked(self, partitions: set[int]) -> None:
+        self._unstarted -= partitions
         if partitions:
             self._log.info("stream.shards_revoked", shards=sorted(partitions))
         try:
@@ -343,9 +348,20 @@ class KafkaStreamSource:
                 committed = await self._commit_offsets(established)
                 for partition in committed:
                     self._owner.checkpoints()[partition].mark_committed(established[partition])
+            self._unstarted -= partitions
         except Exception as exc:
+            # The shards stay without a processor (their records are fetched again, never lost);
+            # the probe loop retries while the group still gives them to us.
+            self._unstarted |= partitions
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self._log.exception("stream.assign_failed", error_type=type(exc).__name__)
+            self._log.error("stream.assign_failed", error_type=type(exc).__name__, error=str(exc),
+                            shards=sorted(partitions))
+
+    async def _retry_unstarted(self, consumer: AIOKafkaConsumer) -> None:
+        owned = {tp.partition for tp in consumer.assignment()}
+        self._unstarted &= owned
+        if self._unstarted:
+            await self._assigned(set(self._unstarted))
 
     async def _start_positions(self, consumer: AIOKafkaConsumer, partitions: set[int]) -> dict[int, ShardStart]:
         starts: dict[int, ShardStart] = {}
@@ -451,6 +467,8 @@ class KafkaStreamSource:
             self._set_connected(True)
             if self.committer.dirty():
                 self.committer.schedule()
+            if self._unstarted:
+                await self._retry_unstarted(consumer)
 
     def _set_connected(self, up: bool, detail: str = "") -> None:
         self._metrics.broker_connected.labels("kafka").set(1 if up else 0)

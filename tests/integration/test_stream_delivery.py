@@ -235,17 +235,3 @@ async def test_expired_head_record_goes_out_as_record_age_exceeded(
     assert "responseContext" not in record
     assert record["KinesisBatchInfo"]["batchSize"] == 1 and record["KinesisBatchInfo"]["endSequenceNumber"] == "0"
     assert base64.b64decode(record["payload"]["Records"][0]["kinesis"]["data"]) == b"old"
-
-
-async def test_batching_window_gathers_records_into_one_batch(
-        kafka: Tansu, topic: Callable[..., str], tmp_path: Path) -> None:
-    name = topic(partitions=1)
-    data = config_data(kafka.bootstrap_servers, name, tmp_path,
-                       mapping={"batch_size": 100, "maximum_batching_window_in_seconds": 2})
-    async with running(data) as r:
-        await wait_until(lambda: r.runner.status()["shards_owned"], 20, "shard assigned")
-        for i in range(4):
-            await produce(kafka.bootstrap_servers, name, [(b"k", f"{i}".encode(), 0)])
-            await asyncio.sleep(0.2)
-        await wait_committed(kafka, name, {0: 4}, timeout=15)
-    assert [c["seqs"] for c in calls(tmp_path)] == [["0", "1", "2", "3"]]

@@ -82,10 +82,6 @@ def partition_key(key: bytes | None, sequence: str) -> str:
         return base64.b64encode(key).decode("ascii")
 
 
-def arrival_seconds(timestamp_ms: int) -> float:
-    return timestamp_ms / 1000
-
-
 @dataclass(slots=True)
 class StreamRecord:
     """One record of one shard, as the delivery path sees it (no Kafka types past the source).
@@ -211,8 +207,3 @@ def event_size(records: Sequence[StreamRecord]) -> int:
     if not records:
         return _ENVELOPE_BYTES
     return _ENVELOPE_BYTES + sum(r.size for r in records) + _SEPARATOR_BYTES * (len(records) - 1)
-
-
-def added_size(record: StreamRecord, batch_len: int) -> int:
-    """How much one more record grows an event that already holds `batch_len` records."""
-    return record.size + (_SEPARATOR_BYTES if batch_len else 0)

@@ -85,9 +85,10 @@ async def _read_kafka(config: Config, topic: str) -> AsyncIterator[tuple[str, by
 
     if config.kafka is None:
         raise ConfigError(["kafka: replaying from kafka:// needs a kafka section"])
+    from router.kafka_client import client_options
+
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=config.kafka.bootstrap_servers, enable_auto_commit=False, group_id=None,
-        auto_offset_reset="earliest",
+        **client_options(config.kafka), enable_auto_commit=False, group_id=None, auto_offset_reset="earliest",
     )
     await consumer.start()
     try:

@@ -71,7 +71,7 @@ async def first_offset_at(kafka: KafkaConfig, topic: str, partition: int, stamp:
     the broker's offset-for-time answer is only a starting hint (Tansu's is too early)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from router.sources.kafka import client_options
+    from router.kafka_client import client_options
 
     tp = TopicPartition(topic, partition)
     consumer = AIOKafkaConsumer(**client_options(kafka), client_id=f"{kafka.client_id}-reset",
@@ -105,7 +105,7 @@ async def _target_offset(config: Config, topic: str, partition: int, args: argpa
     if args.trim_horizon:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from router.sources.kafka import client_options
+        from router.kafka_client import client_options
 
         consumer = AIOKafkaConsumer(**client_options(config.kafka), enable_auto_commit=False)
         await consumer.start()

@@ -44,7 +44,8 @@ def stream_mapping(config: Config, name: str) -> StreamMapping:
 async def shard_report(config: Config, name: str) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from router.sources.kafka import client_options, describe_group, high_watermarks, topic_partitions
+    from router.kafka_client import client_options
+    from router.sources.kafka import describe_group, high_watermarks, topic_partitions
 
     mapping = stream_mapping(config, name)
     assert config.kafka is not None

@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.helpers import create_ssl_context
 
 from router.config import Config, KafkaConfig
 from router.delivery.destinations import DestinationError, SharedConnection, encode_record
+from router.kafka_client import client_options
 from router.observability.metrics import Metrics
 
 # Lambda's largest asynchronous payload is 1 MB; a record carries it plus the response.
@@ -22,26 +22,14 @@ MAX_RECORD_BYTES = 8 * 1024 * 1024
 
 def producer_options(kafka: KafkaConfig, *, timeout: float) -> dict[str, Any]:
     """aiokafka keyword arguments for the configured security settings and our time bounds."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
+    return {
+        **client_options(kafka),
         "client_id": f"{kafka.client_id}-dest",
         "acks": "all",
         "request_timeout_ms": max(int(timeout * 1000), 1000),
         "retry_backoff_ms": 200,
         "max_request_size": MAX_RECORD_BYTES,
-        "security_protocol": kafka.security_protocol,
     }
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
-            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
-            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-        )
-    if kafka.security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = kafka.sasl_mechanism
-        options["sasl_plain_username"] = kafka.sasl_username
-        options["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-    return options
 
 
 def kafka_connection(

@@ -31,12 +31,12 @@ from typing import Any, Protocol
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import ConsumerRecord
 
 from router.config import Config, KafkaConfig, StreamMapping
 from router.delivery.checkpoint import ShardCheckpoint
 from router.delivery.stream_retries import Backoff
+from router.kafka_client import client_options
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 
@@ -47,25 +47,6 @@ FETCH_TIMEOUT_MS = 500
 # the rest of a fetch as compact bytes until asked).
 FETCH_MAX_RECORDS = 2000
 COMMIT_WAIT_SECONDS = 5.0
-
-
-def client_options(kafka: KafkaConfig) -> dict[str, Any]:
-    """aiokafka keyword arguments for the configured brokers and security settings."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "security_protocol": kafka.security_protocol,
-    }
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(
-            cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
-            certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
-            keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-        )
-    if kafka.security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = kafka.sasl_mechanism
-        options["sasl_plain_username"] = kafka.sasl_username
-        options["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
-    return options
 
 
 def consumer_options(config: Config, name: str, mapping: StreamMapping) -> dict[str, Any]:

@@ -221,3 +221,25 @@ async def test_stall_exit_seconds_makes_a_stuck_daemon_exit_for_its_supervisor(
     assert d.proc is not None
     assert d.proc.wait(timeout=60) == 3
     assert any(line["event"] == "router.stalled_exit" for line in d.log_lines())
+
+
+async def test_a_second_signal_exits_at_once_without_checkpointing_the_unfinished_batch(
+    kafka: Tansu, topic: Callable[..., str], daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
+) -> None:
+    name = topic(1)
+    record_file = tmp_path / "records.jsonl"
+    config = _stream_config(kafka, name, "gate.slow", {"RECORD_FILE": str(record_file), "SLEEP": "20"})
+    config["functions"]["f"]["timeout"] = 60
+    config["shutdown_timeout_seconds"] = 60
+    d = daemon(config)
+    await _produce(kafka, name, [b"x", b"y"])
+    wait_for(lambda: any(r["phase"] == "start" for r in _records(record_file)), timeout=30, what="batch start")
+    assert d.proc is not None
+    d.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # the drain is waiting for the 20 s batch
+    started = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=10) == 130
+    assert time.monotonic() - started < 5
+    assert [r["phase"] for r in _records(record_file)] == ["start"]
+    assert await _committed(kafka, "router-m", name) is None  # at-least-once: nothing checkpointed early

@@ -91,12 +91,15 @@ class Router:
             mappings[name] = {"kind": "stream", **runner.status()}
         invoker_status = self.invoker.status() if self.invoker else {}
         for name, mapping in self.config.bucket_mappings().items():
+            queue = dict(invoker_status.get("mappings", {}).get(name, {}))
+            queue.pop("function", None)
             mappings[name] = {
                 "kind": "bucket",
                 "function": mapping.function_name,
                 "state": "Enabled" if mapping.enabled else "Disabled",
                 "transport": mapping.bucket_notifications.transport,
-                **invoker_status.get("mappings", {}).get(name, {}),
+                "queue": queue,
+                "last_error": queue.pop("last_error", None),
             }
         for name, stream in self.config.stream_mappings().items():
             if name not in mappings:

@@ -152,7 +152,8 @@ def test_json_logs_carry_stable_keys_and_never_a_secret(
         with contextlib.suppress(urllib.error.HTTPError):
             urllib.request.urlopen(request, timeout=5).close()
     status, body = d.get("/status")
-    assert status == 200 and "b" in body["mappings"]
+    assert status == 200 and body["mappings"]["b"]["kind"] == "bucket"
+    assert body["mappings"]["b"]["queue"]["depth"] == 0  # the shape `router status` renders
     assert d.stop() == 0
     text = d.log_path.read_text() + d.err_path.read_text()
     for value in secrets.values():

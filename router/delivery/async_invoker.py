@@ -423,8 +423,9 @@ class AsyncInvoker:
         started = time.monotonic()
         try:
             # One request id for every attempt of the event, as Lambda keeps it across async retries.
+            # The stored JSON goes to the worker as it is: no decode and re-encode per event.
             result = await self._pool.invoke(
-                lane.function, event.event, request_id=event.request_id, invocation_type="Event")
+                lane.function, event.event_json.encode(), request_id=event.request_id, invocation_type="Event")
         except asyncio.CancelledError:
             raise
         except Exception as exc:

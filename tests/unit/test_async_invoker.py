@@ -8,6 +8,7 @@ test_destinations.py; here the pool is a script so timing-sensitive rules can be
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,8 @@ class ScriptedPool:
         invocation_type: Literal["RequestResponse", "Event"] = "RequestResponse",
     ) -> InvocationResult:
         assert invocation_type == "Event"
+        if isinstance(event, bytes):  # pre-encoded JSON, as the real pool takes it
+            event = json.loads(event)
         self.calls.append((function, event))
         self.request_ids.append(request_id)
         self.counter += 1

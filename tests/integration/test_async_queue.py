@@ -22,12 +22,13 @@ from typing import Any
 import aiomqtt
 import pytest
 from aiokafka import AIOKafkaConsumer
+from gate_support import Gate
 
 from router.config import Config, load_config_data
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.async_queue import AsyncQueue, QueuedEvent
 from router.delivery.destinations import DestinationFactory
-from router.devstack import Mosquitto, SeaweedFS, Tansu, free_port
+from router.devstack import Mosquitto, SeaweedFS, Tansu
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.runtime.pool import WorkerPool
@@ -312,57 +313,14 @@ async def test_sigkill_while_in_flight_reinvokes_after_restart(tmp_path: Path, s
     assert first["request_id"] == second["request_id"]
 
 
-class Gate:
-    """A TCP forwarder to SeaweedFS's S3 port that can be shut (endpoint down) and opened again."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.close()
-        self._writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-
 async def test_destination_down_keeps_the_event_and_delivers_when_back(
     tmp_path: Path, seaweedfs: SeaweedFS, bucket: str
 ) -> None:
-    gate = Gate(seaweedfs.s3_port)
+    gate = Gate("127.0.0.1", seaweedfs.s3_port)
     config = make_config(tmp_path, seaweedfs, "fail", {
         "maximum_retry_attempts": 0,
         "destination_config": {"on_failure": {"destination": f"s3://{bucket}/"}},
-    }, extra={"s3": {"endpoint_url": f"http://127.0.0.1:{gate.port}", "access_key_id": seaweedfs.access_key,
+    }, extra={"s3": {"endpoint_url": gate.endpoint, "access_key_id": seaweedfs.access_key,
                      "secret_access_key": seaweedfs.secret_key}})
     async with running(config) as stack:
         await stack.enqueue(QueuedEvent("photos", "thumbnail", event(5)), QueuedEvent("photos", "thumbnail", event(6)))

@@ -14,6 +14,7 @@ from typing import Any
 import aiomqtt
 import pytest
 from aiokafka import AIOKafkaConsumer
+from gate_support import Gate
 
 from router.config import Config, load_config_data
 from router.delivery.async_record import Condition, async_destination_record
@@ -47,54 +48,6 @@ def config_for(
     if mqtt_port is not None:
         data["mqtt"] = {"host": "127.0.0.1", "port": mqtt_port, "client_id": client_id}
     return load_config_data(data)
-
-
-class Gate:
-    """A TCP forwarder in front of a real server: `close()` refuses connections and cuts open ones
-    (the endpoint is down), `open()` serves again on the same port (it is back)."""
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._writers):
-            writer.close()
-        self._writers.clear()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
 
 
 @pytest.fixture

@@ -77,6 +77,20 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
         time.sleep(interval)
 
 
+async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
+                     interval: float = 0.05) -> Any:
+    """`wait_for` for code running on an event loop: polls without blocking it; returns the
+    predicate's truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise DevstackError(f"timed out after {timeout:.1f}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
 def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

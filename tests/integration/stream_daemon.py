@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from router.devstack import wait_until as wait_until  # re-exported for the stream tests
+
 HANDLERS = Path(__file__).resolve().parent.parent / "stream_handlers"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,14 +69,6 @@ def calls(tmp_path: Path) -> list[dict[str, Any]]:
 def delivered(tmp_path: Path) -> list[tuple[str, int]]:
     """(shard, offset) of every record delivered, in invocation order, duplicates included."""
     return [(c["shard"], int(s)) for c in calls(tmp_path) for s in c["seqs"]]
-
-
-async def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None, int | None]],

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from router.config import Config, load_config_data
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.async_queue import AsyncQueue, QueuedEvent
 from router.delivery.destinations import DestinationFactory
-from router.devstack import Mosquitto, SeaweedFS, Tansu
+from router.devstack import Mosquitto, SeaweedFS, Tansu, wait_until
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.runtime.pool import WorkerPool
@@ -109,17 +109,6 @@ async def running(config: Config, *, start_invoker: bool = True) -> AsyncIterato
         await destinations.close()
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.05)
-
-
 def list_keys(seaweedfs: SeaweedFS, bucket: str, prefix: str = "") -> list[str]:
     answer = seaweedfs.s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix)
     return [item["Key"] for item in answer.get("Contents", [])]
@@ -127,7 +116,7 @@ def list_keys(seaweedfs: SeaweedFS, bucket: str, prefix: str = "") -> list[str]:
 
 async def records_in(seaweedfs: SeaweedFS, bucket: str, prefix: str, count: int) -> list[dict[str, Any]]:
     bucket, prefix = split(bucket, prefix)
-    keys = await until(lambda: (k := list_keys(seaweedfs, bucket, prefix)) and len(k) >= count and k,
+    keys = await wait_until(lambda: (k := list_keys(seaweedfs, bucket, prefix)) and len(k) >= count and k,
                        what=f"{count} record(s) in s3://{bucket}/{prefix}")
     client = seaweedfs.s3_client()
     return [json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read()) for key in keys]
@@ -160,7 +149,7 @@ async def test_failing_handler_runs_retries_plus_one_times_then_lands_in_s3(
     async with running(config) as stack:
         await stack.enqueue(QueuedEvent("photos", "thumbnail", event(1)))
         (record,) = await records_in(seaweedfs, bucket, "photos/aws/lambda/", 1)
-        await until(lambda: stack.sample("router_on_failure_records_total", mapping="photos") == 1)
+        await wait_until(lambda: stack.sample("router_on_failure_records_total", mapping="photos") == 1)
         assert stack.sample("router_retries_total", mapping="photos") == 2
     made = calls(tmp_path)
     assert len(made) == 3  # maximum_retry_attempts + 1, counted inside the handler
@@ -220,10 +209,10 @@ async def test_duplicate_notification_within_the_window_is_invoked_once(
     key = "photos|uploads/7.jpg|etag-7|0000000000000007|ObjectCreated:Put"
     async with running(config) as stack:
         first = await stack.enqueue(QueuedEvent("photos", "thumbnail", event(7), dedup_key=key))
-        await until(lambda: len(calls(tmp_path)) == 1)
+        await wait_until(lambda: len(calls(tmp_path)) == 1)
         second = await stack.enqueue(QueuedEvent("photos", "thumbnail", event(7), dedup_key=key))
         other = await stack.enqueue(QueuedEvent("photos", "thumbnail", event(8), dedup_key=key + "-other"))
-        await until(lambda: len(calls(tmp_path)) == 2)
+        await wait_until(lambda: len(calls(tmp_path)) == 2)
         await asyncio.sleep(0.5)
         assert stack.sample("router_duplicate_notifications_total", mapping="photos") == 1
         assert stack.sample("router_async_events_received_total", mapping="photos") == 2
@@ -237,8 +226,8 @@ async def test_queued_events_survive_a_restart(tmp_path: Path, seaweedfs: Seawee
         await stack.enqueue(*(QueuedEvent("photos", "thumbnail", event(n)) for n in range(5)))
     assert calls(tmp_path) == []
     async with running(config) as stack:
-        await until(lambda: len(calls(tmp_path)) == 5)
-        await until(lambda: stack.invoker.status()["mappings"]["photos"]["depth"] == 0)
+        await wait_until(lambda: len(calls(tmp_path)) == 5)
+        await wait_until(lambda: stack.invoker.status()["mappings"]["photos"]["depth"] == 0)
     assert sorted(c["event"]["Records"][0]["n"] for c in calls(tmp_path)) == [0, 1, 2, 3, 4]
 
 
@@ -251,8 +240,8 @@ async def test_a_retry_scheduled_before_a_restart_resumes_after_it(
     })
     async with running(config) as stack:
         await stack.enqueue(QueuedEvent("photos", "thumbnail", event(4)))
-        await until(lambda: len(calls(tmp_path)) == 1)
-        await until(lambda: stack.invoker.status()["mappings"]["photos"]["in_flight"] == 0)
+        await wait_until(lambda: len(calls(tmp_path)) == 1)
+        await wait_until(lambda: stack.invoker.status()["mappings"]["photos"]["in_flight"] == 0)
     async with running(config):
         (record,) = await records_in(seaweedfs, bucket, "aws/lambda/", 1)
     assert len(calls(tmp_path)) == 2
@@ -297,7 +286,7 @@ async def test_sigkill_while_in_flight_reinvokes_after_restart(tmp_path: Path, s
         cwd=REPO, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        await until(lambda: len(calls(tmp_path)) == 1, what="the handler started in the first daemon")
+        await wait_until(lambda: len(calls(tmp_path)) == 1, what="the handler started in the first daemon")
         os.kill(daemon.pid, signal.SIGKILL)
         assert await asyncio.wait_for(daemon.wait(), 10) == -signal.SIGKILL
     finally:
@@ -306,8 +295,8 @@ async def test_sigkill_while_in_flight_reinvokes_after_restart(tmp_path: Path, s
             await daemon.wait()
     flag.unlink()
     async with running(config) as stack:
-        await until(lambda: len(calls(tmp_path)) == 2, what="the re-invocation after restart")
-        await until(lambda: stack.invoker.status()["mappings"]["photos"]["depth"] == 0)
+        await wait_until(lambda: len(calls(tmp_path)) == 2, what="the re-invocation after restart")
+        await wait_until(lambda: stack.invoker.status()["mappings"]["photos"]["depth"] == 0)
     first, second = calls(tmp_path)
     assert first["event"] == second["event"] == {"Records": [{"n": 9}]}
     assert first["request_id"] == second["request_id"]
@@ -324,7 +313,7 @@ async def test_destination_down_keeps_the_event_and_delivers_when_back(
                      "secret_access_key": seaweedfs.secret_key}})
     async with running(config) as stack:
         await stack.enqueue(QueuedEvent("photos", "thumbnail", event(5)), QueuedEvent("photos", "thumbnail", event(6)))
-        await until(lambda: stack.sample("router_destination_delivery_failures_total", mapping="photos") >= 2,
+        await wait_until(lambda: stack.sample("router_destination_delivery_failures_total", mapping="photos") >= 2,
                     what="failed deliveries while the endpoint is closed")
         await stack.invoker._refresh_stats(force=True)
         status = stack.invoker.status()["mappings"]["photos"]
@@ -332,7 +321,7 @@ async def test_destination_down_keeps_the_event_and_delivers_when_back(
         await gate.open()
         try:
             records = await records_in(seaweedfs, bucket, "aws/lambda/", 2)
-            await until(lambda: stack.invoker.status()["mappings"]["photos"]["depth"] == 0)
+            await wait_until(lambda: stack.invoker.status()["mappings"]["photos"]["depth"] == 0)
         finally:
             await gate.close()
     assert len(calls(tmp_path)) == 2  # the function was not run again for the parked records
@@ -351,7 +340,7 @@ async def test_kafka_on_failure_and_mqtt_on_success_deliver_the_record(
     fail_config = make_config(tmp_path, seaweedfs, "fail", mapping, extra=extra)
     async with running(fail_config) as stack:
         await stack.enqueue(QueuedEvent("photos", "thumbnail", event(10)))
-        await until(lambda: stack.sample("router_on_failure_records_total", mapping="photos") == 1)
+        await wait_until(lambda: stack.sample("router_on_failure_records_total", mapping="photos") == 1)
     consumer = AIOKafkaConsumer(failures, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest")
     await consumer.start()
     try:

@@ -8,12 +8,11 @@ the test's own code directory, appends one JSON line per call to RECORD_FILE.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import aiomqtt
 
 from router.app import Router, build, start, stop
 from router.config import Config, load_config_data
-from router.devstack import Mosquitto
+from router.devstack import Mosquitto, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -115,17 +114,6 @@ async def running(config: Config) -> AsyncIterator[Router]:
         yield app
     finally:
         await stop(app)
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def wait_connected(app: Router, timeout: float = 15) -> None:

@@ -255,21 +255,33 @@ def _marshal(response: Any) -> tuple[bytes, bool]:
         raise _Fault(errors.MARSHAL_ERROR, f"Unable to marshal response: {exc}") from None
 
 
-def _max_rss_kb() -> int:
-    """Peak RSS of this process's own address space.
+class _PeakRss:
+    """Peak RSS of this process's own address space, in KiB, cheaply on every invocation.
 
-    Not getrusage's ru_maxrss: Linux carries the high-water mark of the pre-exec image (a copy of
-    the parent, e.g. a 150 MB daemon) into the spawned child, so a fresh worker would look like it
-    already used the parent's memory. VmHWM belongs to the current mm and starts over at exec.
+    getrusage's ru_maxrss costs ~1 µs but Linux carries the pre-exec image's high-water mark (a
+    copy of the parent, e.g. a 150 MB daemon) into the spawned child, so on its own it would make a
+    fresh worker look like it used the parent's memory. Once the worker's own peak passes that
+    inherited value, ru_maxrss is exact; until then VmHWM (which starts over at exec) is read with
+    one pread of an fd kept open (~9 µs, against ~19 µs to open and parse the file each time).
     """
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1])  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+    def __init__(self) -> None:
+        self._inherited_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            self._status_fd: int | None = os.open("/proc/self/status", os.O_RDONLY)
+        except OSError:
+            self._status_fd = None
+
+    def kb(self) -> int:
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if maxrss > self._inherited_kb or self._status_fd is None:
+            return maxrss
+        try:
+            status = os.pread(self._status_fd, 8192, 0)
+            start = status.index(b"VmHWM:") + 6
+            return int(status[start:status.index(b"\n", start)].split()[0])
+        except (OSError, ValueError, IndexError):
+            return maxrss
 
 
 def _error_log_text(payload: dict[str, Any]) -> str:
@@ -290,6 +302,7 @@ class _Runtime:
         self._send_lock = threading.Lock()
         self.request_id: str | None = None
         self._memory_limit_kb = spec.memory_size_mb * 1024
+        self._peak_rss = _PeakRss()
         self._memory_limit_mb = str(spec.memory_size_mb)
         self._log_group_name = spec.environment.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
         self._stdout: TextIO = sys.stdout
@@ -340,11 +353,11 @@ class _Runtime:
         else:
             self.flush_output()
             self.send(protocol.READY, {"ok": True, "import_ms": (time.perf_counter() - started) * 1000,
-                                       "rss_kb": _max_rss_kb()})
+                                       "rss_kb": self._peak_rss.kb()})
             return handler
         self.send_log("log", _error_log_text(error))
         self.flush_output()
-        self.send(protocol.READY, {"ok": False, "error": error, "rss_kb": _max_rss_kb()})
+        self.send(protocol.READY, {"ok": False, "error": error, "rss_kb": self._peak_rss.kb()})
         return None
 
     def serve(self, handler: Handler) -> None:
@@ -398,7 +411,7 @@ class _Runtime:
         except Exception as exc:
             error = errors.error_payload(str(exc), type(exc).__name__, request_id, _user_stack(exc.__traceback__))
         duration_ms = (time.perf_counter() - started) * 1000
-        max_rss_kb = _max_rss_kb()
+        max_rss_kb = self._peak_rss.kb()
         if error is None and max_rss_kb > self._memory_limit_kb:
             # Too fast for the daemon's watchdog to catch, but Lambda's cgroup would have.
             error = errors.error_payload(errors.out_of_memory_message(request_id), errors.OUT_OF_MEMORY, request_id)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from router.observability.metrics import Metrics
+from router.runtime.request_ids import request_ids
 
 T = TypeVar("T")
 Stage = Literal["invoke", "deliver"]
@@ -228,20 +229,6 @@ def _row_to_event(row: tuple[Any, ...]) -> StoredEvent:
         last_response=LastResponse.from_json(row[10]), delivery=PendingDelivery.from_json(row[11]),
         delivery_attempts=row[12],
     )
-
-
-def _request_ids(count: int) -> list[str]:
-    """`count` random (version 4) UUID strings from one urandom call: uuid4() makes a system call
-    per id, a measurable share of the event loop when a batch of notifications is queued."""
-    ids: list[str] = []
-    random = os.urandom(16 * count)
-    for start in range(0, 16 * count, 16):
-        raw = bytearray(random[start:start + 16])
-        raw[6] = (raw[6] & 0x0F) | 0x40
-        raw[8] = (raw[8] & 0x3F) | 0x80
-        h = raw.hex()
-        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return ids
 
 
 class AsyncQueue:
@@ -515,7 +502,7 @@ class AsyncQueue:
         now = self._clock()
         rows = [
             (e.mapping, e.function, json.dumps(e.event, separators=(",", ":")), request_id, e.dedup_key)
-            for e, request_id in zip(events, _request_ids(len(events)), strict=True)
+            for e, request_id in zip(events, request_ids(len(events)), strict=True)
         ]
 
         def run(conn: sqlite3.Connection) -> list[tuple[str, bool]]:

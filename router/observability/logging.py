@@ -52,23 +52,27 @@ _KEY_VALUE = re.compile(
 )
 
 
-# One cheap search decides whether the three substitutions below are needed at all: most log
-# values (ids, names, numbers rendered as text) contain none of these, and logging is on the hot path.
+# Logging is on the hot path (a REPORT line per invocation), and most values are ids, names and
+# numbers. Each substitution below needs '@' (userinfo), whitespace (an auth header) or '=' / ':'
+# (key=value), so one character-class scan rules all three out for most strings; only then is the
+# slower search for secret words worth running.
+_MAYBE_SEPARATOR = re.compile(r"[@=:\s]")
 _MAYBE_CREDENTIAL = re.compile(r"(?i)@|bearer|basic|" + "|".join(SECRET_KEY_PARTS))
 
 
 @functools.lru_cache(maxsize=4096)
-def _is_secret_name(lowered: str) -> bool:
+def _is_secret_name(key: str) -> bool:
+    lowered = key.lower()
     return any(part in lowered for part in SECRET_KEY_PARTS)
 
 
 def is_secret_key(key: object) -> bool:
-    return _is_secret_name(str(key).lower())
+    return _is_secret_name(key if type(key) is str else str(key))
 
 
 def scrub_text(text: str) -> str:
     """Mask credentials that hide inside free text: URLs with userinfo, auth headers, key=value."""
-    if not _MAYBE_CREDENTIAL.search(text):
+    if not _MAYBE_SEPARATOR.search(text) or not _MAYBE_CREDENTIAL.search(text):
         return text
     text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
     text = _AUTH_HEADER.sub(lambda m: f"{m['kind']} {MASK}", text)
@@ -82,6 +86,11 @@ def _mask(value: Any) -> Any:
 
 def redact(value: Any, _depth: int = 0) -> Any:
     """A copy of `value` that is safe to log: secret-named keys masked at any depth."""
+    kind = type(value)
+    if kind is str:
+        return scrub_text(value)
+    if value is None or kind is int or kind is float or kind is bool:
+        return value
     if isinstance(value, SecretStr | SecretBytes):
         return MASK
     if isinstance(value, str):
@@ -173,6 +182,14 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+# One encoder for every line: json.dumps with options builds a new JSONEncoder per call.
+_ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False)
+
+
+def _serialize(event_dict: Any, **_: Any) -> str:
+    return _ENCODER.encode(event_dict)
+
+
 def parse_level(level: str | int) -> int:
     if isinstance(level, int):
         return level
@@ -194,7 +211,7 @@ def configure_logging(level: str | int = "info", fmt: LogFormat = "auto", stream
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=out.isatty())
         if fmt == "console"
-        else structlog.processors.JSONRenderer(default=_json_default, ensure_ascii=False)
+        else structlog.processors.JSONRenderer(serializer=_serialize)
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

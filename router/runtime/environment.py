@@ -214,14 +214,15 @@ class ExecutionEnvironment:
         self.state = "idle"
         return Ready(init_ms, None)
 
-    async def invoke(self, message: bytes, timeout: float) -> protocol.Result | Exited:
-        """Send one INVOKE message and wait for its RESULT, killing the environment at the deadline."""
+    async def invoke(self, frame: bytes, timeout: float) -> protocol.Result | Exited:
+        """Send one INVOKE frame (protocol.encode_invoke) and wait for its RESULT, killing the
+        environment at the deadline."""
         if self.state != "idle" or self._transport is None:
             raise RuntimeError(f"environment is {self.state}, not idle")
         self.state = "busy"
         self.invocations += 1
         self._pending = pending = self._loop.create_future()
-        self._transport.writelines(protocol.wire(message))
+        self._transport.write(frame)
         self._arm_deadline(self._loop.time() + timeout)
         try:
             outcome = await pending
@@ -286,7 +287,7 @@ class ExecutionEnvironment:
         if self.state == "dead":
             return await self._exited
         if self._kill_reason is None and self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(protocol.wire(protocol.encode(protocol.STOP, {})))
+            self._transport.write(protocol.wire(protocol.encode(protocol.STOP, {})))
         for signum, wait in ((None, grace), (signal.SIGTERM, 1.0)):
             if signum is not None and self._kill_reason is None:
                 self._signal_group(signum)

@@ -42,6 +42,7 @@ from router.observability.metrics import Metrics
 from router.runtime import errors, protocol
 from router.runtime.context import FUNCTION_VERSION, new_log_stream_name
 from router.runtime.environment import ExecutionEnvironment, Exited, Ready
+from router.runtime.request_ids import RequestIds
 from router.runtime.result import InvocationResult, UnknownFunction
 
 InvocationType = Literal["RequestResponse", "Event"]
@@ -81,15 +82,6 @@ class PoolClosed(RuntimeError):
 def is_throttled(result: InvocationResult) -> bool:
     """A throttle is not a function error: the handler never ran (retry policies treat it apart)."""
     return result.error_type == errors.THROTTLED
-
-
-def new_request_id() -> str:
-    """A random (version 4) UUID string, as Lambda's request ids are; uuid.uuid4() costs more."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def encode_event(event: Any) -> bytes:
@@ -205,6 +197,7 @@ class WorkerPool:
         self._closed = False
         self._watchdog: asyncio.Task[None] | None = None
         self._outcome_counters: dict[tuple[str, str], Any] = {}
+        self._request_ids = RequestIds()
 
     def _function(self, name: str, fc: FunctionConfig) -> _Function:
         cwd = Path.cwd()
@@ -290,7 +283,7 @@ class WorkerPool:
             raise UnknownFunction(function)
         if self._closed:
             raise PoolClosed("the worker pool is closed")
-        request_id = request_id or new_request_id()
+        request_id = request_id or self._request_ids.next()
         body = encode_event(event)
         if fn.limit == 0:
             return self._throttled(fn, request_id)
@@ -328,12 +321,10 @@ class WorkerPool:
                 # Init past Lambda's 10 s limit is charged to the function timeout.
                 timeout -= max(0.0, init_ms / 1000 - INIT_TIMEOUT_SECONDS)
             deadline_ms = int(time.time() * 1000 + timeout * 1000)
-            message = protocol.encode_invoke(
-                request_id, deadline_ms, request.arn, request.client_context, request.event
-            )
+            frame = protocol.encode_invoke(request_id, deadline_ms, request.arn, request.client_context, request.event)
             fn.log.debug("invocation.start", request_id=request_id, version=FUNCTION_VERSION)
             started = time.perf_counter()
-            outcome = await env.invoke(message, timeout)
+            outcome = await env.invoke(frame, timeout)
             if isinstance(outcome, Exited):
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 died = self._died(fn, request_id, outcome, fn.config.timeout, elapsed_ms)

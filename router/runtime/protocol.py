@@ -90,9 +90,13 @@ class Result:
 def encode_invoke(
     request_id: str, deadline_ms: int, arn: str, client_context: dict[str, Any] | None, event: bytes
 ) -> bytes:
+    """An INVOKE message ready for the wire, length prefix included: the event (for a stream
+    mapping, a whole batch) is copied once, here, on its way to the worker."""
     rid, arn_b = request_id.encode(), arn.encode()
     cc = b"" if client_context is None else json.dumps(client_context).encode()
-    return b"".join((_INVOKE.pack(INVOKE, deadline_ms, len(rid), len(arn_b), len(cc)), rid, arn_b, cc, event))
+    head = _INVOKE.pack(INVOKE, deadline_ms, len(rid), len(arn_b), len(cc))
+    size = len(head) + len(rid) + len(arn_b) + len(cc) + len(event)
+    return b"".join((*_prefix(size), head, rid, arn_b, cc, event))
 
 
 def decode_invoke(message: bytes) -> Invoke:
@@ -134,11 +138,15 @@ def decode(message: bytes) -> Frame:
     return Frame(message[0], header, message[5 + size :])
 
 
-def wire(message: bytes) -> list[bytes]:
+def _prefix(size: int) -> tuple[bytes, ...]:
+    if size > _MAX_SHORT:
+        return (_LENGTH.pack(-1), _LONG_LENGTH.pack(size))
+    return (_LENGTH.pack(size),)
+
+
+def wire(message: bytes) -> bytes:
     """The bytes the daemon writes so that the worker's Connection.recv_bytes returns `message`."""
-    if len(message) > _MAX_SHORT:
-        return [_LENGTH.pack(-1), _LONG_LENGTH.pack(len(message)), message]
-    return [_LENGTH.pack(len(message)), message]
+    return b"".join((*_prefix(len(message)), message))
 
 
 class FrameDecoder:

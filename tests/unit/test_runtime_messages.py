@@ -13,7 +13,8 @@ import pytest
 
 from router.commands.invoke import lambda_text
 from router.runtime import errors, protocol
-from router.runtime.pool import encode_event, is_throttled, new_request_id
+from router.runtime.pool import encode_event, is_throttled
+from router.runtime.request_ids import RequestIds, request_ids
 from router.runtime.result import InvocationResult
 
 
@@ -27,7 +28,7 @@ def test_encode_decode_round_trip() -> None:
 
 def test_decoder_reassembles_messages_split_and_merged_across_reads() -> None:
     messages = [protocol.encode(protocol.LOG, {"n": i}, b"x" * (i * 1000)) for i in range(5)]
-    stream = b"".join(b"".join(protocol.wire(m)) for m in messages)
+    stream = b"".join(protocol.wire(m) for m in messages)
     decoder = protocol.FrameDecoder()
     received: list[bytes] = []
     for cut in range(0, len(stream), 777):  # arbitrary read sizes
@@ -48,9 +49,18 @@ def test_wire_format_is_what_a_multiprocessing_connection_reads() -> None:
     reader, writer = Pipe(duplex=False)
     assert isinstance(writer, Connection)
     message = protocol.encode(protocol.INVOKE, {"id": "r"}, b"{}")
-    for chunk in protocol.wire(message):
-        os.write(writer.fileno(), chunk)
+    os.write(writer.fileno(), protocol.wire(message))
     assert reader.recv_bytes() == message
+    reader.close()
+    writer.close()
+
+
+def test_invoke_frames_arrive_whole_and_decode_to_what_was_sent() -> None:
+    reader, writer = Pipe(duplex=False)
+    frame = protocol.encode_invoke("r-7", 1_700_000_000_123, "arn:aws:lambda:x", {"custom": {"k": 1}}, b'{"a":1}')
+    os.write(writer.fileno(), frame)
+    invoke = protocol.decode_invoke(reader.recv_bytes())
+    assert invoke == protocol.Invoke("r-7", 1_700_000_000_123, "arn:aws:lambda:x", {"custom": {"k": 1}}, b'{"a":1}')
     reader.close()
     writer.close()
 
@@ -131,8 +141,9 @@ def test_start_end_and_function_log_lines() -> None:
 
 
 def test_request_ids_are_random_version_4_uuids() -> None:
-    ids = {new_request_id() for _ in range(1000)}
-    assert len(ids) == 1000
+    source = RequestIds()
+    ids = {source.next() for _ in range(1000)} | set(request_ids(1000))
+    assert len(ids) == 2000
     for request_id in list(ids)[:50]:
         parsed = uuid.UUID(request_id)
         assert parsed.version == 4 and str(parsed) == request_id

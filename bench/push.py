@@ -34,7 +34,7 @@ from urllib.parse import quote_plus, unquote_plus
 
 import aiomqtt
 
-from router.app import Router, build, start, stop
+from router.app import Router, build, start, stop, tune_garbage_collector
 from router.config import load_config_data
 from router.devstack import Mosquitto
 from router.observability.logging import configure_logging
@@ -225,6 +225,7 @@ async def bench(args: argparse.Namespace, broker: Mosquitto, work: Path) -> dict
     # 1. fixed rate, live ---------------------------------------------------------------------------
     app: Router = await build(config)
     await start(app)
+    tune_garbage_collector()  # as `router run` does once started
     assert app.mqtt is not None
     mqtt = app.mqtt
     await wait_for(lambda: mqtt.status()["subscribed"], 15, "the router to subscribe")
@@ -262,6 +263,7 @@ async def bench(args: argparse.Namespace, broker: Mosquitto, work: Path) -> dict
     app = await build(config)
     connected_at = time.monotonic()
     await start(app)
+    tune_garbage_collector()  # as `router run` does once started
     assert app.mqtt is not None
     mqtt = app.mqtt
     await wait_for(lambda: mqtt.status()["acknowledged"] >= args.backlog, 600, "the router's PUBACKs")

@@ -113,6 +113,7 @@ async def child(config_path: str, total: int) -> None:
     """Run the mapping until every record is checkpointed; print one JSON line with the timings."""
     import logging
 
+    from router.app import tune_garbage_collector
     from router.config import load_config_data
     from router.observability.logging import configure_logging
     from router.observability.metrics import Metrics
@@ -129,6 +130,7 @@ async def child(config_path: str, total: int) -> None:
                                  ProgressBoard(300))
     await pool.start()
     await runner.start()
+    tune_garbage_collector()  # as `router run` does once started
     print(json.dumps({"started": True}), flush=True)
     import psutil
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -44,6 +45,8 @@ log = structlog.get_logger("router.app")
 EXIT_STARTUP_FAILURE = 1
 EXIT_STALLED = 3
 EXIT_SECOND_SIGNAL = 130
+# Collector thresholds for a running daemon; see tune_garbage_collector.
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 class StartupError(Exception):
@@ -180,6 +183,21 @@ async def start(app: Router) -> None:
     )
 
 
+def tune_garbage_collector() -> None:
+    """Once started, stop the cyclic collector from rescanning the daemon's own furniture.
+
+    Every record and notification allocates short-lived objects, and the default thresholds run a
+    young collection every 700 of them and, now and then, a full one that walks everything alive,
+    including the hundreds of thousands of objects that imports, config and clients left behind
+    (measured: a sixth of the daemon's CPU while draining a stream backlog). Freezing what exists
+    after startup takes those out of every later collection, and a larger first generation makes
+    young collections rarer; cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def stop(app: Router) -> None:
     """Drain: stop taking new work, let in-flight work finish (bounded), checkpoint, stop workers."""
     timeout = app.config.shutdown_timeout_seconds
@@ -252,6 +270,7 @@ async def serve(config: Config, on_ready: Callable[[Router], Awaitable[int]] | N
         await start(app)
     except StartupError:
         raise
+    tune_garbage_collector()
     background = [asyncio.create_task(watchdog_loop(notifier, app.board))]
     if config.stall_exit_seconds is not None:
         background.append(asyncio.create_task(_stall_watch(app, config.stall_exit_seconds, done)))

@@ -193,7 +193,7 @@ class ShardProcessor:
         if was_empty:
             lane.first_ready = now
         lane.buffer.extend(records)
-        lane.buffered_bytes += sum(len(r.json) for r in records) + len(records)
+        lane.buffered_bytes += sum(r.size for r in records) + len(records)
         # Wake the lane for its first records (they may start a window) and when a batch is full.
         if was_empty or len(lane.buffer) >= self.mapping.batch_size \
                 or lane.buffered_bytes >= MAX_INVOCATION_PAYLOAD_BYTES:
@@ -266,7 +266,7 @@ class ShardProcessor:
         popleft = buffer.popleft
         batch = [popleft() for _ in range(min(len(buffer), self.mapping.batch_size))]
         # Bytes of the event: envelope, each record, a separator between records.
-        sizes = [len(r.json) + 1 for r in batch]
+        sizes = [r.size + 1 for r in batch]
         total = sum(sizes)
         if _EMPTY_EVENT - 1 + total > MAX_INVOCATION_PAYLOAD_BYTES:
             # Too big for one invocation: keep the longest prefix that fits (at least one record;
@@ -286,7 +286,7 @@ class ShardProcessor:
     # -- policy callbacks ----------------------------------------------------------------------------
 
     async def _invoke(self, records: list[StreamRecord], attempt: int) -> InvocationResult:
-        body = self.builder.encode_event(records)
+        body = self.builder.pack(records)
         self._metrics.batch_records.labels(self.name).observe(len(records))
         self.iterator_age = max(0.0, self._now() - records[-1].arrival)
         self._metrics.iterator_age_seconds.labels(*self._labels).set(self.iterator_age)

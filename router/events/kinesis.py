@@ -17,17 +17,17 @@ Choices that are ours (Kinesis has no Kafka), fixed here so every other module a
   analogue of Kinesis arrival; CREATE_TIME is used when that is what the topic keeps).
 * **data**: base64 of the exact value bytes; a null or empty value is "".
 
-Events go to the worker pool as compact JSON bytes (what `json.dumps(event, separators=(",", ":"))`
-produces, byte for byte). Each record is rendered once from a per-shard %-template when it is
-fetched, instead of building and serializing dicts per invocation: after Kafka's own record parsing
-this is most of the poll path's cost. Each record's serialized size is therefore known exactly
-before a batch closes, so the batcher respects Lambda's 6 MB invocation payload limit exactly.
+Records are never rendered as JSON on the poll path: a StreamRecord keeps the record's parts, and
+a batch travels to the worker as columns (`router.events.kinesis_batch`), where the event's dicts
+are built directly. Each record's size in the compact JSON event (what
+`json.dumps(event, separators=(",", ":"))` produces) is still computed exactly when it is fetched,
+by arithmetic on those parts, so the batcher respects Lambda's 6 MB invocation payload limit
+exactly.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json as _json
 import re
 from collections.abc import Iterable, Sequence
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from router.config import Config
+from router.events import kinesis_batch
+from router.runtime.protocol import EVENT_KINESIS_BATCH, PackedEvent
 
 SHARD_PREFIX = "shardId-"
 # Lambda's synchronous invocation payload limit; a batch closes before it would exceed this.
@@ -42,12 +44,10 @@ MAX_INVOCATION_PAYLOAD_BYTES = 6 * 1024 * 1024
 _SEQUENCE_RE = re.compile(r"0|[1-9][0-9]{0,128}")
 _SHARD_RE = re.compile(r"shardId-([0-9]{12})")
 
-# The worker pool sends events as compact JSON: '{"Records":[' + r1 + ',' + r2 + ']}'.
-_COMPACT = (",", ":")
-_EVENT_HEAD = b'{"Records":['
-_EVENT_TAIL = b"]}"
-_ENVELOPE_BYTES = len(_EVENT_HEAD) + len(_EVENT_TAIL)
+# Sizes are those of the compact JSON event: '{"Records":[' + r1 + ',' + r2 + ']}'.
+_ENVELOPE_BYTES = len(b'{"Records":[') + len(b"]}")
 _SEPARATOR_BYTES = len(b",")
+_COMPACT = (",", ":")
 
 
 def shard_id(partition: int) -> str:
@@ -86,26 +86,19 @@ def partition_key(key: bytes | None, sequence: str) -> str:
 class StreamRecord:
     """One record of one shard, as the delivery path sees it (no Kafka types past the source).
 
-    The record's event JSON is rendered once, when it is fetched: batches (and their retries, bisected
-    halves and remainders) are then only joins of ready bytes, and each record's exact contribution
-    to the 6 MB payload is simply its length. Treated as immutable; not a frozen dataclass only
-    because a frozen one costs a microsecond more to build, once per record of every stream."""
+    Treated as immutable; not a frozen dataclass only because a frozen one costs a microsecond
+    more to build, once per record of every stream."""
 
     offset: int
     sequence_number: str
     partition_key: str
     arrival: float  # epoch seconds
-    json: bytes  # this record's compact JSON inside the invocation event
-
-    @property
-    def size(self) -> int:
-        """Bytes this record adds to a serialized invocation event, separator excluded."""
-        return len(self.json)
+    value: bytes  # the record's data, exactly (a null value is b"")
+    size: int  # bytes this record adds to the compact JSON event, separator excluded
 
     @property
     def data(self) -> bytes:
-        decoded: bytes = base64.b64decode(_json.loads(self.json)["kinesis"]["data"])
-        return decoded
+        return self.value
 
 
 class SourceRecord(Protocol):
@@ -130,19 +123,17 @@ class KinesisEventBuilder:
     def __init__(self, config: Config, *, topic: str, function: str, partition: int) -> None:
         self.shard_id = shard_id(partition)
         self.stream_arn = config.stream_arn(topic)
-        tail = {
-            "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": "@", "eventName": "aws:kinesis:record",
-            "invokeIdentityArn": config.role_arn(function), "awsRegion": config.region,
-            "eventSourceARN": self.stream_arn,
-        }
-        # '...,"eventID":"@",...' split around the placeholder: the shard id is fixed, the sequence is not.
-        before, after = _json.dumps(tail, separators=_COMPACT)[1:].split('"@"')
-        # One %-template per shard: key JSON, sequence, base64 data, timestamp, sequence.
-        self._template = (
-            '{"kinesis":{"kinesisSchemaVersion":"1.0","partitionKey":%s,"sequenceNumber":"%s","data":"%s",'
-            '"approximateArrivalTimestamp":%s},'
-            + f'{before}"{self.shard_id}:'.replace("%", "%%") + '%s"' + after.replace("%", "%%")
-        ).encode("ascii")
+        self._fields = kinesis_batch.ShardFields(
+            shard_id=self.shard_id, stream_arn=self.stream_arn, role_arn=config.role_arn(function),
+            region=config.region,
+        )
+        # A record's JSON size is this plus its variable parts (see stream_records): render one
+        # whose parts are empty (key "", sequence "", data "", arrival 0) and take away what those
+        # stand-ins still print, the key's quotes and the arrival's "0".
+        empty = kinesis_batch.record_dict(self._fields, 0, "", b"", 0)
+        empty["kinesis"]["sequenceNumber"] = ""
+        empty["eventID"] = f"{self.shard_id}:"
+        self._fixed_size = len(_json.dumps(empty, separators=_COMPACT)) - len('""') - len("0")
 
     def stream_record(self, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int) -> StreamRecord:
         return self.stream_records([_Fetched(offset, key, value, timestamp_ms)])[0]
@@ -154,9 +145,8 @@ class KinesisEventBuilder:
         module docstring: sequence number, partition key fallbacks, arrival time, base64 data)."""
         out: list[StreamRecord] = []
         append = out.append
-        template = self._template
+        fixed = self._fixed_size
         dumps = _json.dumps
-        b2a = binascii.b2a_base64
         for r in records:
             offset = r.offset
             if offset <= after:
@@ -171,27 +161,31 @@ class KinesisEventBuilder:
                 except UnicodeDecodeError:
                     pkey = base64.b64encode(key).decode("ascii")
             if pkey.isascii() and pkey.isprintable() and '"' not in pkey and "\\" not in pkey:
-                key_json = b'"' + pkey.encode("ascii") + b'"'
+                key_size = len(pkey) + 2
             else:
-                key_json = dumps(pkey).encode("ascii")
+                key_size = len(dumps(pkey))
             arrival = r.timestamp / 1000
-            seq = sequence.encode("ascii")
-            rendered = template % (key_json, seq, b2a(r.value or b"", newline=False),
-                                   repr(arrival).encode("ascii"), seq)
-            append(StreamRecord(offset, sequence, pkey, arrival, rendered))
+            value = r.value or b""
+            # key, the sequence number twice (sequenceNumber, eventID), base64 data, arrival time
+            size = fixed + key_size + 2 * len(sequence) + 4 * ((len(value) + 2) // 3) + len(repr(arrival))
+            append(StreamRecord(offset, sequence, pkey, arrival, value, size))
         return out
 
     def record(self, record: StreamRecord) -> dict[str, Any]:
-        """The record as a dict (for failure records' payload and for tests)."""
-        decoded: dict[str, Any] = _json.loads(record.json)
-        return decoded
+        """The record as the handler sees it (also the payload of failure records)."""
+        return kinesis_batch.record_dict(self._fields, record.offset, record.partition_key, record.value,
+                                         record.arrival)
 
     def event(self, records: Sequence[StreamRecord]) -> dict[str, Any]:
         return {"Records": [self.record(r) for r in records]}
 
-    def encode_event(self, records: Sequence[StreamRecord]) -> bytes:
-        """The invocation event as compact JSON bytes, equal to json.dumps of `event(records)`."""
-        return _EVENT_HEAD + b",".join([r.json for r in records]) + _EVENT_TAIL
+    def pack(self, records: Sequence[StreamRecord]) -> PackedEvent:
+        """The invocation event for the worker pool, as columns (see router.events.kinesis_batch)."""
+        body = kinesis_batch.encode(
+            self._fields, [r.offset for r in records], [r.arrival for r in records],
+            [r.partition_key for r in records], [r.value for r in records],
+        )
+        return PackedEvent(EVENT_KINESIS_BATCH, body)
 
 
 @dataclass(slots=True)

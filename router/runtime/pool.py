@@ -91,12 +91,19 @@ def encode_event(event: Any) -> bytes:
     return json.dumps(event, separators=(",", ":")).encode()
 
 
+def pack_event(event: Any) -> protocol.PackedEvent:
+    """Any event the pool accepts, in a form the worker decodes: JSON unless already packed."""
+    if isinstance(event, protocol.PackedEvent):
+        return event
+    return protocol.PackedEvent(protocol.EVENT_JSON, encode_event(event))
+
+
 @dataclass(frozen=True, slots=True)
 class _Request:
     request_id: str
     arn: str
     client_context: dict[str, Any] | None
-    event: bytes
+    event: protocol.PackedEvent
     synchronous: bool
 
 
@@ -278,13 +285,14 @@ class WorkerPool:
         client_context: Mapping[str, Any] | None = None,
         invoked_function_arn: str | None = None,
     ) -> InvocationResult:
+        """One invocation. `event` is anything JSON-serialisable, JSON bytes, or a PackedEvent."""
         fn = self._functions.get(function)
         if fn is None:
             raise UnknownFunction(function)
         if self._closed:
             raise PoolClosed("the worker pool is closed")
         request_id = request_id or self._request_ids.next()
-        body = encode_event(event)
+        packed = pack_event(event)
         if fn.limit == 0:
             return self._throttled(fn, request_id)
         self._ensure_watchdog()
@@ -295,7 +303,7 @@ class WorkerPool:
             client_context=(
                 dict(client_context) if client_context is not None and invocation_type == "RequestResponse" else None
             ),
-            event=body,
+            event=packed,
             synchronous=invocation_type == "RequestResponse",
         )
         fn.in_flight += 1
@@ -321,7 +329,10 @@ class WorkerPool:
                 # Init past Lambda's 10 s limit is charged to the function timeout.
                 timeout -= max(0.0, init_ms / 1000 - INIT_TIMEOUT_SECONDS)
             deadline_ms = int(time.time() * 1000 + timeout * 1000)
-            frame = protocol.encode_invoke(request_id, deadline_ms, request.arn, request.client_context, request.event)
+            event = request.event
+            frame = protocol.encode_invoke(
+                request_id, deadline_ms, request.arn, request.client_context, event.body, event.format
+            )
             fn.log.debug("invocation.start", request_id=request_id, version=FUNCTION_VERSION)
             started = time.perf_counter()
             outcome = await env.invoke(frame, timeout)

@@ -34,12 +34,26 @@ _LENGTH = struct.Struct("!i")
 _LONG_LENGTH = struct.Struct("!Q")
 _HEADER_LENGTH = struct.Struct("!I")
 _MAX_SHORT = 0x7FFFFFFF
-# kind, deadline (epoch ms), then the lengths of: request id, invoked ARN, client context JSON.
-_INVOKE = struct.Struct("!BqHHI")
+# kind, event format, deadline (epoch ms), then the lengths of: request id, invoked ARN, client
+# context JSON.
+_INVOKE = struct.Struct("!BBqHHI")
 # kind, duration ms, peak RSS KiB, flags, then the length of the error type.
 _RESULT = struct.Struct("!BdqBH")
 _RAW = 1  # the body is bytes the handler returned, not JSON
 _RETIRE = 2  # the worker exits after this result (memory exhausted)
+
+
+# How an INVOKE's event is encoded: JSON, or a stream batch as columns (router.events.kinesis_batch).
+EVENT_JSON = 0
+EVENT_KINESIS_BATCH = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PackedEvent:
+    """An event already encoded in one of the formats above; the pool passes it through as is."""
+
+    format: int
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,7 @@ class Invoke:
     invoked_function_arn: str
     client_context: dict[str, Any] | None
     event: bytes
+    event_format: int = EVENT_JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,25 +103,26 @@ class Result:
 
 
 def encode_invoke(
-    request_id: str, deadline_ms: int, arn: str, client_context: dict[str, Any] | None, event: bytes
+    request_id: str, deadline_ms: int, arn: str, client_context: dict[str, Any] | None, event: bytes,
+    event_format: int = EVENT_JSON,
 ) -> bytes:
     """An INVOKE message ready for the wire, length prefix included: the event (for a stream
     mapping, a whole batch) is copied once, here, on its way to the worker."""
     rid, arn_b = request_id.encode(), arn.encode()
     cc = b"" if client_context is None else json.dumps(client_context).encode()
-    head = _INVOKE.pack(INVOKE, deadline_ms, len(rid), len(arn_b), len(cc))
+    head = _INVOKE.pack(INVOKE, event_format, deadline_ms, len(rid), len(arn_b), len(cc))
     size = len(head) + len(rid) + len(arn_b) + len(cc) + len(event)
     return b"".join((*_prefix(size), head, rid, arn_b, cc, event))
 
 
 def decode_invoke(message: bytes) -> Invoke:
-    _, deadline_ms, n_id, n_arn, n_cc = _INVOKE.unpack_from(message)
+    _, event_format, deadline_ms, n_id, n_arn, n_cc = _INVOKE.unpack_from(message)
     a = _INVOKE.size
     b = a + n_id
     c = b + n_arn
     d = c + n_cc
     client_context = json.loads(message[c:d]) if n_cc else None
-    return Invoke(message[a:b].decode(), deadline_ms, message[b:c].decode(), client_context, message[d:])
+    return Invoke(message[a:b].decode(), deadline_ms, message[b:c].decode(), client_context, message[d:], event_format)
 
 
 def encode_result(

@@ -24,6 +24,7 @@ import logging
 import os
 import resource
 import signal
+import struct
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
+from router.events import kinesis_batch
 from router.runtime import errors, protocol
 from router.runtime.context import LambdaContext
 
@@ -261,6 +263,17 @@ def _marshal(response: Any) -> tuple[bytes, bool]:
         raise _Fault(errors.MARSHAL_ERROR, f"Unable to marshal response: {exc}") from None
 
 
+def _json_event(body: bytes) -> Any:
+    # Lambda takes UTF-8 only; decoding first also skips json.loads' encoding sniffing.
+    return json.loads(body.decode())
+
+
+_EVENT_DECODERS: dict[int, Callable[[bytes], Any]] = {
+    protocol.EVENT_JSON: _json_event,
+    protocol.EVENT_KINESIS_BATCH: kinesis_batch.decode,
+}
+
+
 class _PeakRss:
     """Peak RSS of this process's own address space, in KiB, cheaply on every invocation.
 
@@ -428,9 +441,8 @@ class _Runtime:
                 log_sink=self._context_log,
             )
             try:
-                # Lambda takes UTF-8 only; decoding first also skips json.loads' encoding sniffing.
-                event = json.loads(request.event.decode())
-            except ValueError as exc:
+                event = _EVENT_DECODERS[request.event_format](request.event)
+            except (ValueError, KeyError, struct.error) as exc:
                 raise _Fault(errors.UNMARSHAL_ERROR, f"Unable to unmarshal input: {exc}") from None
             result = handler(event, context)
             response, raw = _marshal(result)

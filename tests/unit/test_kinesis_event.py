@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import random
+import struct
 
 import pytest
 
 from router.config import load_config_data
+from router.events import kinesis_batch
 from router.events.kinesis import (
     MAX_INVOCATION_PAYLOAD_BYTES,
     KinesisEventBuilder,
@@ -18,6 +20,7 @@ from router.events.kinesis import (
     sequence_number,
     shard_id,
 )
+from router.runtime import protocol
 
 
 @pytest.fixture
@@ -106,10 +109,23 @@ def test_encoded_event_and_sizes_match_json_dumps(builder: KinesisEventBuilder) 
     assert builder.stream_records(fetched) == expected
     assert builder.stream_records(fetched, after=749) == expected[250:]
     for n in (0, 1, 2, 57, 300):
-        encoded = builder.encode_event(records[:n])
-        assert encoded == _compact(builder.event(records[:n])).encode()
-        assert event_size(records[:n]) == len(encoded)
-        assert json.loads(encoded) == builder.event(records[:n])
+        event = builder.event(records[:n])
+        assert event_size(records[:n]) == len(_compact(event))
+        # What the worker builds from the packed batch is what json.loads of the JSON event gives,
+        # key order included (a handler that re-serialises the event sees the same text).
+        packed = builder.pack(records[:n])
+        assert packed.format == protocol.EVENT_KINESIS_BATCH
+        built = kinesis_batch.decode(packed.body)
+        assert built == json.loads(_compact(event))
+        assert _compact(built) == _compact(event)
+
+
+def test_a_damaged_batch_is_refused_not_misread(builder: KinesisEventBuilder) -> None:
+    body = builder.pack([builder.stream_record(o, b"k", b"value", 0) for o in range(3)]).body
+    with pytest.raises(ValueError):
+        kinesis_batch.decode(body + b"x")
+    with pytest.raises((ValueError, struct.error)):
+        kinesis_batch.decode(body[:-1])
 
 
 def test_event_is_in_the_order_given(builder: KinesisEventBuilder) -> None:

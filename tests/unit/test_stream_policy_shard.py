@@ -12,10 +12,12 @@ from typing import Any
 
 from router.config import load_config_data
 from router.delivery.shard import ShardProcessor
+from router.events import kinesis_batch
 from router.events.kinesis import MAX_INVOCATION_PAYLOAD_BYTES
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.runtime import errors
+from router.runtime.protocol import PackedEvent
 from router.runtime.result import InvocationResult
 
 
@@ -37,12 +39,12 @@ class FakePool:
     fail: bool = False
     throttle_first: int = 0
 
-    async def invoke(self, function: str, body: bytes, *, invocation_type: str) -> InvocationResult:
+    async def invoke(self, function: str, packed: PackedEvent, *, invocation_type: str) -> InvocationResult:
         if self.throttle_first:
             self.throttle_first -= 1
             return InvocationResult("t", {"errorType": errors.THROTTLED}, "Unhandled", errors.THROTTLED)
-        event = json.loads(body)
-        self.sizes.append(len(body))
+        event = kinesis_batch.decode(packed.body)
+        self.sizes.append(len(json.dumps(event, separators=(",", ":"))))  # the event's size as Lambda counts it
         self.calls.append([r["kinesis"]["sequenceNumber"] for r in event["Records"]])
         for record in event["Records"]:
             gate = self.gates.get(base64.b64decode(record["kinesis"]["data"]))

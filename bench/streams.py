@@ -210,19 +210,39 @@ async def run_router(bootstrap: str, topic: str, total: int, workdir: Path, conc
 # -- main ----------------------------------------------------------------------------------------------
 
 
-async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, workdir: Path) -> None:
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time of a process so far (0 when unknown): the broker shares this machine's cores."""
+    import psutil
+
+    if pid is None:
+        return 0.0
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
+
+
+async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, workdir: Path,
+                broker_pid: int | None = None) -> None:
     (workdir / "noop.py").write_text(NOOP_HANDLER)
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     await create_topic(topic, PARTITIONS)
     rate = await produce(bootstrap, topic, args.records, args.size)
     print(f"produced {args.records} records of {args.size} bytes over {PARTITIONS} partitions ({rate:,.0f}/s)")
+    broker_cpu = cpu_seconds(broker_pid)
     raw = await raw_loop(bootstrap, topic, args.records)
+    raw_broker_cpu, broker_cpu = cpu_seconds(broker_pid) - broker_cpu, cpu_seconds(broker_pid)
     print(f"raw aiokafka getmany+commit : {raw:>12,.0f} records/s")
+    if broker_pid is not None:
+        print(f"  broker CPU: {raw_broker_cpu:.2f} s")
     routed = await run_router(bootstrap, topic, args.records, workdir, args.concurrency, sample_rss=False)
+    router_broker_cpu = cpu_seconds(broker_pid) - broker_cpu
     print(f"router stream mapping       : {routed['rate']:>12,.0f} records/s  "
           f"(batch size 500, no-op handler, {args.concurrency} environments)")
     print(f"  CPU while draining: daemon {routed['daemon_cpu']:.2f} s, workers {routed['workers_cpu']:.2f} s, "
-          f"wall {routed['elapsed']:.2f} s ({routed['daemon_cpu'] / args.records * 1e6:.1f} us of daemon CPU "
+          + (f"broker {router_broker_cpu:.2f} s (whole run), " if broker_pid is not None else "")
+          + f"wall {routed['elapsed']:.2f} s ({routed['daemon_cpu'] / args.records * 1e6:.1f} us of daemon CPU "
           "per record)")
     print(f"ratio router / raw          : {routed['rate'] / raw:>12.2f}   (goal >= 0.5)")
     if args.backlog:
@@ -266,7 +286,7 @@ def main() -> None:
 
         with Tansu(workdir / "tansu") as broker:
             print(f"broker: Tansu at {broker.bootstrap_servers} (memory storage)")
-            asyncio.run(bench(args, broker.bootstrap_servers, broker.acreate_topic, workdir))
+            asyncio.run(bench(args, broker.bootstrap_servers, broker.acreate_topic, workdir, broker.pid))
 
 
 if __name__ == "__main__":

@@ -164,10 +164,18 @@ class KinesisEventBuilder:
                 key_size = len(pkey) + 2
             else:
                 key_size = len(dumps(pkey))
-            arrival = r.timestamp / 1000
+            timestamp = r.timestamp
+            arrival = timestamp / 1000
+            if 1_000_000_000_000 <= timestamp < 10_000_000_000_000:
+                # 2001..2286: JSON shows 10 integer digits, a point and the milliseconds without
+                # trailing zeros ("1700000000.12", "1700000000.0"). repr() says the same, slower.
+                ms = timestamp % 1000
+                arrival_size = 14 if ms % 10 else 13 if ms % 100 else 12
+            else:
+                arrival_size = len(repr(arrival))
             value = r.value or b""
             # key, the sequence number twice (sequenceNumber, eventID), base64 data, arrival time
-            size = fixed + key_size + 2 * len(sequence) + 4 * ((len(value) + 2) // 3) + len(repr(arrival))
+            size = fixed + key_size + 2 * len(sequence) + 4 * ((len(value) + 2) // 3) + arrival_size
             append(StreamRecord(offset, sequence, pkey, arrival, value, size))
         return out
 

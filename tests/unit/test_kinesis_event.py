@@ -92,7 +92,8 @@ def test_encoded_event_and_sizes_match_json_dumps(builder: KinesisEventBuilder) 
     for i in range(300):
         offset = rng.choice([0, 5, 99, 10**6, 2**40 + i])
         value = rng.randbytes(rng.choice([0, 1, 2, 3, 4, 100, 1001])) if i % 7 else None
-        ts = rng.choice([0, -1, 1, 1545084650987, 1700000000123, 1700000000100])
+        ts = rng.choice([0, -1, 1, 999_999_999_999, 1545084650987, 1700000000123, 1700000000120, 1700000000100,
+                         1700000000000, 9_999_999_999_999, 10**13, 2**62])
         record = builder.stream_record(offset, rng.choice(keys), value, ts)
         assert record.size == len(_compact(builder.record(record))), record
         records.append(record)

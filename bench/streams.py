@@ -10,6 +10,7 @@ One run, one broker (a local Tansu unless --bootstrap is given), the same data f
 3. Router: a StreamMappingRunner (batch size 500, no-op handler in real worker processes) in a
    child process, in a fresh group, until every shard's checkpoint is at the end.
    Both rates are measured from the partition assignment to the last commit (group joins excluded).
+   Steps 2 and 3 alternate for `--rounds` rounds (each in fresh groups); the figures are medians.
 4. Peak RSS: a fresh topic with `--backlog` records is drained by a router child process while
    its RSS (the daemon process; workers are listed apart) is sampled every 50 ms.
 
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -230,18 +232,24 @@ async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, wor
     await create_topic(topic, PARTITIONS)
     rate = await produce(bootstrap, topic, args.records, args.size)
     print(f"produced {args.records} records of {args.size} bytes over {PARTITIONS} partitions ({rate:,.0f}/s)")
-    broker_cpu = cpu_seconds(broker_pid)
-    raw = await raw_loop(bootstrap, topic, args.records)
-    raw_broker_cpu, broker_cpu = cpu_seconds(broker_pid) - broker_cpu, cpu_seconds(broker_pid)
-    print(f"raw aiokafka getmany+commit : {raw:>12,.0f} records/s")
-    if broker_pid is not None:
-        print(f"  broker CPU: {raw_broker_cpu:.2f} s")
-    routed = await run_router(bootstrap, topic, args.records, workdir, args.concurrency, sample_rss=False)
-    router_broker_cpu = cpu_seconds(broker_pid) - broker_cpu
+    # Rounds alternate between the two (fresh groups, same data), so drift on a shared machine
+    # hits both alike; the figures are the medians.
+    raws: list[float] = []
+    routers: list[dict[str, Any]] = []
+    for _ in range(args.rounds):
+        broker_cpu = cpu_seconds(broker_pid)
+        raws.append(await raw_loop(bootstrap, topic, args.records))
+        routed = await run_router(bootstrap, topic, args.records, workdir, args.concurrency, sample_rss=False)
+        routed["broker_cpu"] = cpu_seconds(broker_pid) - broker_cpu
+        routers.append(routed)
+        print(f"  round {len(raws)}: raw {raws[-1]:>10,.0f} records/s, router {routed['rate']:>10,.0f} records/s")
+    raw = statistics.median(raws)
+    routed = sorted(routers, key=lambda r: float(r["rate"]))[len(routers) // 2]
+    print(f"raw aiokafka getmany+commit : {raw:>12,.0f} records/s (median of {args.rounds})")
     print(f"router stream mapping       : {routed['rate']:>12,.0f} records/s  "
-          f"(batch size 500, no-op handler, {args.concurrency} environments)")
+          f"(batch size 500, no-op handler, {args.concurrency} environments; median)")
     print(f"  CPU while draining: daemon {routed['daemon_cpu']:.2f} s, workers {routed['workers_cpu']:.2f} s, "
-          + (f"broker {router_broker_cpu:.2f} s (whole run), " if broker_pid is not None else "")
+          + (f"broker {routed['broker_cpu']:.2f} s (raw loop and router), " if broker_pid is not None else "")
           + f"wall {routed['elapsed']:.2f} s ({routed['daemon_cpu'] / args.records * 1e6:.1f} us of daemon CPU "
           "per record)")
     print(f"ratio router / raw          : {routed['rate'] / raw:>12.2f}   (goal >= 0.5)")
@@ -261,6 +269,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--backlog", type=int, default=1_000_000, help="0 skips the RSS measurement")
     parser.add_argument("--concurrency", type=int, default=2, help="reserved concurrency of the no-op function")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/router rounds; figures are medians")
     parser.add_argument("--bootstrap", default=None, help="use this broker instead of starting Tansu")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "TOTAL"), help=argparse.SUPPRESS)
     args = parser.parse_args()

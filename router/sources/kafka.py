@@ -300,6 +300,9 @@ class KafkaStreamSource:
                 if records and not self._owner.records(tp.partition, records):
                     with contextlib.suppress(IllegalStateError):
                         consumer.seek(tp, records[0].offset)
+                # Turning a partition's records into stream records takes a while; let finished
+                # invocations be answered in between, so environments do not sit waiting for us.
+                await asyncio.sleep(0)
 
     # -- rebalance ---------------------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ def pack_event(event: Any) -> protocol.PackedEvent:
     return protocol.PackedEvent(protocol.EVENT_JSON, encode_event(event))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Request:
     request_id: str
     arn: str

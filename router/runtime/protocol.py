@@ -43,12 +43,15 @@ _RAW = 1  # the body is bytes the handler returned, not JSON
 _RETIRE = 2  # the worker exits after this result (memory exhausted)
 
 
+# The per-invocation records below are plain slotted dataclasses, treated as immutable: a frozen
+# dataclass costs a microsecond more to build, and each is built once per invocation.
+
 # How an INVOKE's event is encoded: JSON, or a stream batch as columns (router.events.kinesis_batch).
 EVENT_JSON = 0
 EVENT_KINESIS_BATCH = 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PackedEvent:
     """An event already encoded in one of the formats above; the pool passes it through as is."""
 
@@ -82,7 +85,7 @@ class WorkerSpec:
     data_limit_bytes: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Invoke:
     request_id: str
     deadline_ms: int
@@ -92,7 +95,7 @@ class Invoke:
     event_format: int = EVENT_JSON
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Result:
     duration_ms: float
     max_rss_kb: int

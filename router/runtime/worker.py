@@ -284,9 +284,10 @@ class _PeakRss:
     exec), but generating /proc/self/status costs ~10 µs, a third of a no-op invocation.
 
     The same getrusage call says how many page faults happened since the last exact reading, and
-    RSS cannot grow without them: at most one huge page per fault. So while that bound keeps the
-    peak far below the memory limit, the last exact reading stands (a no-op invocation faults a
-    handful of pages at most); a handler that touched real memory gets a fresh reading.
+    RSS grows through them, at most a huge page per fault (pages mapped without faulting, by
+    MAP_POPULATE or mlock, are left to the daemon's sampling and RLIMIT_DATA). So while that bound
+    keeps the peak far below the memory limit, the last exact reading stands (a no-op invocation
+    faults a handful of pages at most); a handler that touched real memory gets a fresh reading.
     """
 
     # Largest RSS one fault can add (a transparent huge page), in KiB.

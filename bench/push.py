@@ -34,6 +34,7 @@ from urllib.parse import quote_plus, unquote_plus
 
 import aiomqtt
 
+from router import event_loop
 from router.app import Router, build, start, stop, tune_garbage_collector
 from router.config import load_config_data
 from router.devstack import Mosquitto
@@ -323,7 +324,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="router-bench-push-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "mosquitto") as broker:
-            results = asyncio.run(bench(args, broker, work))
+            results = event_loop.run(bench(args, broker, work))  # the daemon's loop (it runs in this process)
     report(results, args)
     if args.json:
         live = results["live"]

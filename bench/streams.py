@@ -274,7 +274,9 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "TOTAL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(child(args.child[0], int(args.child[1])))
+        from router import event_loop
+
+        event_loop.run(child(args.child[0], int(args.child[1])))  # the daemon's loop
         return
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         workdir = Path(tmp)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
+from router import event_loop
 from router.config import Config
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.async_queue import AsyncQueue
@@ -291,7 +292,7 @@ async def serve(config: Config, on_ready: Callable[[Router], Awaitable[int]] | N
 
 def run(config: Config) -> int:
     try:
-        return asyncio.run(serve(config))
+        return event_loop.run(serve(config), config.event_loop)
     except StartupError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILURE

@@ -321,6 +321,7 @@ class Config(_Model):
     stall_timeout_seconds: Annotated[float, Field(gt=0)] = 300
     stall_exit_seconds: Annotated[float, Field(gt=0)] | None = None
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 30
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @field_validator("functions", "event_source_mappings")
     @classmethod

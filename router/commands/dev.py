@@ -99,11 +99,12 @@ def run(args: argparse.Namespace) -> int:
                                 s3.secret_key, http_port)
         if not args.demo:
             _print_next_steps(stack_info)
+        from router import event_loop
         from router.app import StartupError, serve
 
         demo = _Demo(stack_info, args.timeout) if args.demo else None
         try:
-            return asyncio.run(serve(config, on_ready=demo.run if demo else None))
+            return event_loop.run(serve(config, on_ready=demo.run if demo else None), config.event_loop)
         except StartupError as exc:
             say(str(exc))
             return 1

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.context import SpawnContext, SpawnProcess
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import psutil
 
@@ -75,8 +75,8 @@ class _Connection(asyncio.Protocol):
         self._lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's are not subclasses of asyncio.Transport, hence no isinstance).
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         messages = self._decoder.feed(data)

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 PARTITIONS = 8
-EXTRA: dict[str, Any] = json.loads(os.environ.get("BENCH_MAPPING", "{}"))
+EXTRA: dict[str, Any] = json.loads(os.environ.get("BENCH_MAPPING", "{}"))  # extra mapping keys, for experiments
+# BENCH_EVENT_LOOP=asyncio|uvloop|auto: the router's event_loop setting (default auto)
 NOOP_HANDLER = "def handler(event, context):\n    return None\n"
 
 
@@ -101,6 +102,7 @@ async def raw_loop(bootstrap: str, topic: str, count: int) -> float:
 
 def router_config(bootstrap: str, topic: str, code_path: str, concurrency: int) -> dict[str, Any]:
     return {
+        "event_loop": os.environ.get("BENCH_EVENT_LOOP", "auto"),
         "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 6000},
         "functions": {"noop": {"handler": "noop.handler", "code_path": code_path, "timeout": 30,
                                "reserved_concurrent_executions": concurrency}},
@@ -276,7 +278,8 @@ def main() -> None:
     if args.child:
         from router import event_loop
 
-        event_loop.run(child(args.child[0], int(args.child[1])))  # the daemon's loop
+        loop = json.loads(Path(args.child[0]).read_text()).get("event_loop", "auto")
+        event_loop.run(child(args.child[0], int(args.child[1])), loop)  # the loop `router run` would use
         return
     with tempfile.TemporaryDirectory(prefix="bench-streams-") as tmp:
         workdir = Path(tmp)

@@ -68,6 +68,46 @@ class _Pending:
     abandoned: bool = False
 
 
+class _BufferedReads:
+    """paho reads a packet with several small recv calls (the type byte, each length byte, then the
+    body): three or four system calls per notification, a measurable share of the push path. This
+    stands in for paho's socket and serves those calls from one large read; everything else goes
+    to the real socket. It never reads the socket while it still holds bytes (a short answer is
+    what a socket would give too), so it cannot block, and `buffered` tells the reader callback
+    to go on without waiting for the selector, which cannot see these bytes.
+    """
+
+    __slots__ = ("_data", "_pos", "_sock")
+
+    _READ_SIZE = 65536
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._data = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        data, pos = self._data, self._pos
+        if pos >= len(data):
+            data = self._sock.recv(max(size, self._READ_SIZE))
+            if len(data) <= size:  # all of it wanted (or EOF): nothing to keep
+                self._data, self._pos = b"", 0
+                return bytes(data)
+            pos = 0
+            self._data = data
+        end = min(pos + size, len(data))
+        self._pos = end
+        return bytes(data[pos:end])
+
+    def buffered(self) -> int:
+        """Bytes received but not yet handed to paho, including what TLS decrypted but we did not read."""
+        pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
+        return len(self._data) - self._pos + pending
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 @dataclass
 class _Connection:
     """One paho client from connect to disconnect; acknowledgements never cross connections."""
@@ -80,6 +120,14 @@ class _Connection:
     subscribe_mid: int | None = None
     session_present: bool = False
     fds: set[int] = field(default_factory=set)
+
+
+def _buffered(sock: Any) -> int:
+    if isinstance(sock, _BufferedReads):
+        return sock.buffered()
+    if isinstance(sock, ssl.SSLSocket):
+        return sock.pending()
+    return 0
 
 
 class MqttNotificationSource:
@@ -299,6 +347,8 @@ class MqttNotificationSource:
         if fd < 0:
             return
         connection.fds.add(fd)
+        if connection.client._sock is sock:  # paho's socket attribute (2.x); reads go through the buffer
+            connection.client._sock = _BufferedReads(sock)
         self._loop.add_reader(fd, self._readable, connection)
 
     def _socket_close(self, sock: Any) -> None:
@@ -331,20 +381,21 @@ class MqttNotificationSource:
         """Read what the socket holds (paho reads one packet per call), then route the
         notifications that arrived together as one batch: one queue write, one commit."""
         client = connection.client
+        more = False
         try:
             for _ in range(READ_BURST):
                 before = self._stats["received"]
                 client.loop_read()
-                sock = client.socket()
-                # TLS sockets may hold decrypted bytes the selector cannot see.
-                if self._stats["received"] == before and not (
-                    isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-                ):
+                more = _buffered(client.socket()) > 0  # bytes the selector cannot see
+                if self._stats["received"] == before and not more:
                     break
         except OSError as exc:
+            more = False
             self._finish(connection, f"{type(exc).__name__}: {exc}")
         finally:
             self._dispatch_batch()
+        if more and self._loop is not None and not connection.closed.done():
+            self._loop.call_soon(self._readable, connection)  # the burst ended with bytes in hand
 
     def _dispatch_batch(self) -> None:
         if not self._batch:

@@ -7,12 +7,14 @@ restarting a shared broker: a test that needs an outage takes `fresh_mosquitto` 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from router import event_loop
 from router.devstack import Mosquitto, SeaweedFS, Tansu
 
 DEFAULT_TEST_TIMEOUT = 120.0
@@ -30,6 +32,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT))
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests run on the loop `router run` runs on (uvloop where installed)."""
+    return {"daemon-loop": event_loop.loop_factory()}
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import math
 import multiprocessing
 import os
@@ -119,6 +120,10 @@ class _Function:
     arn: str
     log: Any
     duration: Any = None  # the invocation_duration_seconds child for this function, if metrics
+    # Whether the per-invocation lines would be written at all (START/END at debug, REPORT at
+    # info): when not, they are not even built. structlog fixes a logger's level when it is made.
+    log_lifecycle: bool = True
+    log_report: bool = True
     envs: set[ExecutionEnvironment] = field(default_factory=set)
     idle: list[ExecutionEnvironment] = field(default_factory=list)
     waiters: collections.deque[asyncio.Future[ExecutionEnvironment | None]] = field(
@@ -227,10 +232,12 @@ class WorkerPool:
             "_HANDLER": fc.handler,
             "TZ": ":UTC",
         })
+        log = self._log.bind(function=name)
         return _Function(
             name=name, config=fc, environment=env, task_root=task_root, code_path=code_path,
-            arn=self._config.function_arn(name), log=self._log.bind(function=name),
+            arn=self._config.function_arn(name), log=log,
             duration=self._metrics.invocation_duration_seconds.labels(name) if self._metrics else None,
+            log_lifecycle=_enabled(log, logging.DEBUG), log_report=_enabled(log, logging.INFO),
         )
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -333,7 +340,8 @@ class WorkerPool:
             frame = protocol.encode_invoke(
                 request_id, deadline_ms, request.arn, request.client_context, event.body, event.format
             )
-            fn.log.debug("invocation.start", request_id=request_id, version=FUNCTION_VERSION)
+            if fn.log_lifecycle:
+                fn.log.debug("invocation.start", request_id=request_id, version=FUNCTION_VERSION)
             started = time.perf_counter()
             outcome = await env.invoke(frame, timeout)
             if isinstance(outcome, Exited):
@@ -455,7 +463,10 @@ class WorkerPool:
         self._count(fn.name, outcome)
         if fn.duration is not None:
             fn.duration.observe(result.duration_ms / 1000)
-        fn.log.debug("invocation.end", request_id=request_id)
+        if fn.log_lifecycle:
+            fn.log.debug("invocation.end", request_id=request_id)
+        if not fn.log_report:
+            return result
         report: dict[str, Any] = {
             "request_id": request_id,
             "duration_ms": round(result.duration_ms, 2),
@@ -530,6 +541,12 @@ class WorkerPool:
                         fn.log.warning("environment.out_of_memory", pid=env.pid, rss_mb=_mb(rss),
                                        memory_size_mb=fn.config.memory_size)
                         env.kill("oom")
+
+
+def _enabled(log: Any, level: int) -> bool:
+    """Whether `log` writes events at `level` (loggers that cannot say are assumed to)."""
+    is_enabled_for = getattr(log, "is_enabled_for", None)
+    return bool(is_enabled_for(level)) if callable(is_enabled_for) else True
 
 
 def _mb(n_bytes: float) -> int:

@@ -8,8 +8,8 @@ into the Connection's messages itself: a 4-byte big-endian signed length, or -1 
 Inside a message: one kind byte first. The two messages of every invocation (INVOKE, RESULT) have
 fixed binary headers, because JSON headers would cost more than the round trip itself; the rare
 ones (READY, LOG, STOP) carry a 4-byte header length and a small JSON header. Bodies are opaque:
-the event is serialised to JSON once in the daemon and never wrapped or re-encoded on its way to
-the handler, and the response comes back as the handler's JSON.
+the event is encoded once in the daemon (JSON, or a stream batch as columns, see EVENT_*) and never
+wrapped or re-encoded on its way to the handler, and the response comes back as the handler's JSON.
 
 This module is imported by the worker process before the handler is, so it stays free of anything
 heavier than the standard library.

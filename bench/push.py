@@ -241,17 +241,20 @@ async def bench(args: argparse.Namespace, broker: Mosquitto, work: Path) -> dict
     await asyncio.to_thread(ready.wait, 15)
     await asyncio.sleep(0.2)
     invoked = app.pool.status()["bench"]["invocations"]
+    live_cpu = time.process_time()
     began = time.monotonic()
     await join(spawn(publisher_main, broker.port, "live", total, args.rate), args.seconds * 3 + 30)
     publish_seconds = time.monotonic() - began
     # The pool's invocation count is free to read; the handlers' files are read once, at the end.
     await wait_for(lambda: app.pool.status()["bench"]["invocations"] >= invoked + total, 120,
                    "every live notification to be handled")
+    live_cpu = time.process_time() - live_cpu
     await wait_for(lambda: len(read_starts(work, "live")) >= total, 30, "the handlers' records of the live phase")
     await join(raw, 60)
     results["live"] = {
         "sent": total, "publish_seconds": publish_seconds,
         "router": latencies(read_starts(work, "live")), "raw": latencies(read_raw(raw_live, "live")),
+        "daemon_cpu_us": live_cpu / total * 1e6,
     }
 
     # 2. backlog drain ------------------------------------------------------------------------------
@@ -297,6 +300,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     for name, values in (("raw aiomqtt subscriber (receive)", live["raw"]), ("router (handler start)", live["router"])):
         print(f"{name:32} {percentile(values, 50):8.2f} {percentile(values, 99):8.2f} {max(values):8.2f} "
               f"{len(values):7d}")
+    print(f"{'router daemon CPU':32} {live['daemon_cpu_us']:8.0f} us per notification (all its threads)")
     p99 = percentile(live["router"], 99)
     print(f"goal p99 < 50 ms: {'met' if p99 < 50 else 'NOT met'} ({p99:.1f} ms)")
     backlog = results["backlog"]

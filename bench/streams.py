@@ -11,6 +11,8 @@ One run, one broker (a local Tansu unless --bootstrap is given), the same data f
    child process, in a fresh group, until every shard's checkpoint is at the end.
    Both rates are measured from the partition assignment to the last commit (group joins excluded).
    Steps 2 and 3 alternate for `--rounds` rounds (each in fresh groups); the figures are medians.
+   A confluent-kafka consume + commit loop runs once after them when installed (the `bench` extra):
+   how fast the same broker can be drained by a client whose parsing is in C.
 4. Peak RSS: a fresh topic with `--backlog` records is drained by a router child process while
    its RSS (the daemon process; workers are listed apart) is sampled every 50 ms.
 
@@ -95,6 +97,38 @@ async def raw_loop(bootstrap: str, topic: str, count: int) -> float:
     finally:
         await consumer.stop()
     return count / elapsed
+
+
+# -- raw confluent-kafka (librdkafka) loop: a third column -----------------------------------------
+
+
+def confluent_loop(bootstrap: str, topic: str, count: int) -> float | None:
+    """The same floor with librdkafka's consumer (consume + synchronous commit); None if it is not
+    installed (`pip install -e .[bench]`). Shows how much of the floor is the Python client."""
+    try:
+        from confluent_kafka import Consumer
+    except ImportError:
+        return None
+    assigned_at: list[float] = []
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"bench-rdkafka-{uuid.uuid4().hex[:6]}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
+    })
+    consumer.subscribe([topic], on_assign=lambda c, partitions: assigned_at.append(time.perf_counter()))
+    seen = 0
+    try:
+        deadline = time.monotonic() + 120
+        while seen < count and time.monotonic() < deadline:
+            messages = consumer.consume(num_messages=10_000, timeout=0.5)
+            got = sum(1 for m in messages if m.error() is None)
+            if got:
+                seen += got
+                consumer.commit(asynchronous=False)
+        if seen < count or not assigned_at:
+            return None
+        return count / (time.perf_counter() - assigned_at[0])
+    finally:
+        consumer.close()
 
 
 # -- router child process ------------------------------------------------------------------------------
@@ -247,7 +281,13 @@ async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, wor
         print(f"  round {len(raws)}: raw {raws[-1]:>10,.0f} records/s, router {routed['rate']:>10,.0f} records/s")
     raw = statistics.median(raws)
     routed = sorted(routers, key=lambda r: float(r["rate"]))[len(routers) // 2]
+    rdkafka = await asyncio.to_thread(confluent_loop, bootstrap, topic, args.records)
     print(f"raw aiokafka getmany+commit : {raw:>12,.0f} records/s (median of {args.rounds})")
+    if rdkafka is None:
+        print("raw confluent-kafka loop    :          n/a   (not installed: pip install -e .[bench])")
+    else:
+        print(f"raw confluent-kafka loop    : {rdkafka:>12,.0f} records/s (consume + commit, one round; "
+              f"{rdkafka / raw:.1f} x aiokafka)")
     print(f"router stream mapping       : {routed['rate']:>12,.0f} records/s  "
           f"(batch size 500, no-op handler, {args.concurrency} environments; median)")
     print(f"  CPU while draining: daemon {routed['daemon_cpu']:.2f} s, workers {routed['workers_cpu']:.2f} s, "

@@ -1,0 +1,57 @@
+"""How the worker turns an INVOKE's event into the handler's argument, and refuses what it cannot read."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from router.config import load_config_data
+from router.events.kinesis import KinesisEventBuilder
+from router.runtime import errors, protocol, worker
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    def send_bytes(self, message: bytes) -> None:
+        self.messages.append(message)
+
+
+def _invoke(event: bytes, event_format: int, handler: Any) -> protocol.Result:
+    spec = protocol.WorkerSpec(
+        function_name="f", handler="m.handler", memory_size_mb=128, timeout_seconds=3, environment={},
+        log_stream_name="s", parent_pid=os.getpid(), task_root=".",
+    )
+    sent = _Sent()
+    runtime = worker._Runtime(sent, spec)  # type: ignore[arg-type]
+    frame = protocol.encode_invoke("r-1", int(time.time() * 1000) + 3000, "arn", None, event, event_format)
+    runtime.invoke(handler, protocol.decode_invoke(frame[4:]))
+    *logs, result = sent.messages  # an error is logged before its RESULT, as on Lambda
+    assert all(m[0] == protocol.LOG for m in logs)
+    return protocol.decode_result(result)
+
+
+def test_a_packed_stream_batch_reaches_the_handler_as_the_json_event_would() -> None:
+    config = load_config_data({"functions": {"f": {"handler": "m.handler"}}})
+    builder = KinesisEventBuilder(config, topic="clicks", function="f", partition=2)
+    records = [builder.stream_record(o, b"user-1", b'{"n": %d}' % o, 1_700_000_000_123) for o in (5, 6)]
+    seen: list[Any] = []
+    result = _invoke(builder.pack(records).body, protocol.EVENT_KINESIS_BATCH,
+                     lambda event, context: seen.append(event))
+    assert result.error_type is None
+    assert seen == [builder.event(records)]
+    assert json.dumps(seen[0]) == json.dumps(json.loads(json.dumps(builder.event(records))))
+
+
+def test_an_unreadable_event_is_lambdas_unmarshal_error_not_a_crash() -> None:
+    def never(event: Any, context: Any) -> None:
+        raise AssertionError("the handler must not run")
+
+    for body, event_format in ((b"{not json", protocol.EVENT_JSON), (b"\x00\x00", protocol.EVENT_KINESIS_BATCH),
+                               (b"{}", 99)):
+        result = _invoke(body, event_format, never)
+        assert result.error_type == errors.UNMARSHAL_ERROR, (body, event_format)
+        assert json.loads(result.body)["errorMessage"].startswith("Unable to unmarshal input")

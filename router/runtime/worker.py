@@ -14,6 +14,7 @@ started along with it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import decimal
@@ -328,6 +329,29 @@ class _PeakRss:
         return self._last_kb
 
 
+class _Inbox:
+    """The daemon's messages, read straight from the connection's socket.
+
+    Connection.recv_bytes makes two reads per message (its length, then the body); a small INVOKE
+    arrives whole in one read here, one system call less on every invocation's critical path.
+    The framing is the Connection's, decoded by the same FrameDecoder the daemon uses."""
+
+    _READ_SIZE = 1 << 16
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._decoder = protocol.FrameDecoder()
+        self._ready: collections.deque[bytes] = collections.deque()
+
+    def next(self) -> bytes:
+        while not self._ready:
+            data = os.read(self._fd, self._READ_SIZE)
+            if not data:
+                raise EOFError
+            self._ready.extend(self._decoder.feed(data))
+        return self._ready.popleft()
+
+
 def _error_log_text(payload: dict[str, Any]) -> str:
     """The `[ERROR] Type: message` + traceback entry awslambdaric writes to the function log."""
     lines = [f"[ERROR] {payload['errorType']}: {payload['errorMessage']}"]
@@ -405,9 +429,10 @@ class _Runtime:
         return None
 
     def serve(self, handler: Handler) -> None:
+        inbox = _Inbox(self._conn.fileno())
         while True:
             try:
-                message = self._conn.recv_bytes()
+                message = inbox.next()
             except (EOFError, OSError):
                 return  # the daemon is gone or closed our connection
             kind = message[0]

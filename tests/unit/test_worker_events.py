@@ -21,8 +21,9 @@ class _Sent:
 
 
 def _invoke(event: bytes, event_format: int, handler: Any) -> protocol.Result:
+    # In-process: the test runner's own memory counts, hence the largest memory size.
     spec = protocol.WorkerSpec(
-        function_name="f", handler="m.handler", memory_size_mb=128, timeout_seconds=3, environment={},
+        function_name="f", handler="m.handler", memory_size_mb=10240, timeout_seconds=3, environment={},
         log_stream_name="s", parent_pid=os.getpid(), task_root=".",
     )
     sent = _Sent()

@@ -14,10 +14,11 @@ settlements do not queue behind every accepting commit.
 Settling an attempt (completing, rescheduling or parking an event) is write-behind: the write
 waits a few milliseconds for company and then rides on the next transaction anyway, usually the
 dispatcher's next claim, so draining the queue costs one round trip to the SQLite thread per claim
-of many events rather than one per event. Those commits skip the fsync (synchronous=NORMAL for that
-transaction only): a settlement lost to a power cut only means the event runs again, which
-at-least-once delivery allows, and the next accepting commit's fsync makes it durable anyway.
-A process crash (even SIGKILL) loses nothing that was committed. Accepting commits stay FULL.
+of many events rather than one per event. Those commits are not fsynced: a settlement lost to a
+power cut only means the event runs again, which at-least-once delivery allows, and the next
+accepting commit's fsync makes it durable anyway. A process crash (even SIGKILL) loses nothing
+that was committed. (The connection runs at synchronous=NORMAL throughout; only the schema setup
+at open is committed at FULL.)
 
 Claims are deliberately *not* persisted. An event being worked on is only marked in memory, so after
 a restart (clean or SIGKILL) every unfinished event is simply due again: at-least-once, never lost.
@@ -285,6 +286,8 @@ class AsyncQueue:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             conn.execute("COMMIT")
+            # From here on the fsyncs are ours (see the module docstring): commits only reach the OS.
+            conn.execute("PRAGMA synchronous=NORMAL")
             # The WAL exists while this connection is open; durability of accepting commits is an
             # fsync of it (see the module docstring), and of the directory entry naming it.
             self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
@@ -351,7 +354,7 @@ class AsyncQueue:
 
         def run() -> tuple[list[tuple[bool, Any]] | BaseException, T]:
             try:
-                outcomes: list[tuple[bool, Any]] | BaseException = self._commit_sync(batch, durable=False)
+                outcomes: list[tuple[bool, Any]] | BaseException = self._commit_sync(batch)
             except Exception as exc:  # the settlements fail, the read still happens
                 outcomes = exc
             return outcomes, fn()
@@ -430,7 +433,7 @@ class AsyncQueue:
             batch = strict + self._take_settling()
             try:
                 outcomes: list[tuple[bool, Any]] | BaseException = await self._call(
-                    functools.partial(self._commit_sync, batch, durable=False))
+                    functools.partial(self._commit_sync, batch))
                 if strict:
                     if self.on_committed is not None:
                         self.on_committed()
@@ -453,23 +456,13 @@ class AsyncQueue:
             self._failed = f"fsync of the queue's WAL failed: {exc}"
             raise QueueClosed(self._failed) from exc
 
-    def _commit_sync(self, batch: list[_Write], *, durable: bool = True) -> list[tuple[bool, Any]]:
+    def _commit_sync(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
         """One transaction for the whole batch; each write in its own savepoint (all-or-nothing).
 
-        `durable` commits are fsynced before returning; the others only reach the OS (they survive a
-        process crash, and the next durable commit's fsync covers them too)."""
+        The commit reaches the OS, not the disk: it survives a process crash, and `_sync_wal` makes
+        it durable when an accepting write needs that."""
         conn = self._db()
         outcomes: list[tuple[bool, Any]] = []
-        if not durable:
-            conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._commit_batch(conn, batch, outcomes)
-        finally:
-            if not durable:
-                conn.execute("PRAGMA synchronous=FULL")
-        return outcomes
-
-    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Write], outcomes: list[tuple[bool, Any]]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for write in batch:
@@ -491,6 +484,7 @@ class AsyncQueue:
         for write, (ok, _) in zip(batch, outcomes, strict=True):
             if ok and write.unclaim is not None:
                 self._claimed.discard(write.unclaim)
+        return outcomes
 
     # -- accepting events --------------------------------------------------------------------------
 

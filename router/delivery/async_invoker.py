@@ -145,7 +145,6 @@ class AsyncInvoker:
         self._function_in_flight: dict[str, int] = {}
         self._sharers: dict[str, int] = {}
         self._lanes_of: dict[str, list[_Lane]] = {}
-        self._ready_count: dict[str, int] = {}
         self._next_ready: dict[str, int] = {}
         for lane in self._lanes.values():
             self._sharers[lane.function] = self._sharers.get(lane.function, 0) + 1
@@ -232,24 +231,28 @@ class AsyncInvoker:
     def _claim_room(self, function: str) -> int:
         """Events a function may still claim: free slots plus room in its claimed-ahead buffer."""
         limit = self._config.functions[function].reserved_concurrent_executions
-        return 2 * limit - self._function_in_flight.get(function, 0) - self._ready_count.get(function, 0)
+        return 2 * limit - self._function_in_flight.get(function, 0) - self._claimed_ahead(function)
+
+    def _claimed_ahead(self, function: str) -> int:
+        return sum(len(lane.ready) for lane in self._lanes_of.get(function, ()))
 
     def _start_ready(self, function: str) -> None:
         """Start claimed-ahead events while the function has free slots, taking lanes in turn."""
         lanes = self._lanes_of.get(function, [])
-        while (not self._stopping and self._ready_count.get(function, 0) > 0
-               and self._free_slots(function) > 0):
+        while not self._stopping and self._free_slots(function) > 0:
             turn = self._next_ready.get(function, 0)
-            for offset in range(len(lanes)):
-                lane = lanes[(turn + offset) % len(lanes)]
-                if lane.ready:
-                    self._next_ready[function] = turn + offset + 1
-                    event = lane.ready.popleft()
-                    self._ready_count[function] -= 1
-                    lane.in_flight += 1
-                    self._function_in_flight[function] = self._function_in_flight.get(function, 0) + 1
-                    self._spawn(self._attempt(lane, event), event)
+            for i in range(len(lanes)):
+                index = (turn + i) % len(lanes)
+                if lanes[index].ready:
                     break
+            else:
+                return  # nothing claimed ahead
+            self._next_ready[function] = index + 1
+            lane = lanes[index]
+            event = lane.ready.popleft()
+            lane.in_flight += 1
+            self._function_in_flight[function] = self._function_in_flight.get(function, 0) + 1
+            self._spawn(self._attempt(lane, event), event)
 
     async def _dispatch(self) -> None:
         lanes = list(self._lanes.values())
@@ -317,7 +320,6 @@ class AsyncInvoker:
                 self._spawn(self._refuse(lane, event), event)
             else:
                 lane.ready.append(event)
-                self._ready_count[lane.function] = self._ready_count.get(lane.function, 0) + 1
         if claim.events and len(claim.events) == limit:
             lane.invoke_dirty = True  # there may be more due right now
 
@@ -366,7 +368,6 @@ class AsyncInvoker:
         for lane in self._lanes.values():
             while lane.ready:
                 self._abandoned.append(lane.ready.popleft().id)
-            self._ready_count[lane.function] = 0
 
     def _delivery_limit(self, lane: _Lane) -> int:
         """Parked records to claim now; while the destination is failing, probe with one at a time."""

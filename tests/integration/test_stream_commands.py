@@ -29,12 +29,17 @@ async def cli(*argv: str) -> int:
     return await asyncio.to_thread(main, list(argv))
 
 
-async def test_shards_reports_checkpoints_and_reset_refuses_while_running(
-        kafka: Tansu, topic: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def two_shards_of_five(kafka: Tansu, topic: Callable[..., str], tmp_path: Path) -> tuple[str, dict, Path]:
+    """A two-partition topic with five records in each, and the mapping's config for it."""
     name = topic(partitions=2)
     await produce(kafka.bootstrap_servers, name, [(b"k", f"{i}".encode(), i % 2) for i in range(10)])
     data = config_data(kafka.bootstrap_servers, name, tmp_path)
-    config = write_config(tmp_path, data)
+    return name, data, write_config(tmp_path, data)
+
+
+async def test_shards_reports_checkpoints_and_reset_refuses_while_running(
+        kafka: Tansu, topic: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name, data, config = await two_shards_of_five(kafka, topic, tmp_path)
     async with running(data):
         await wait_committed(kafka, name, {0: 5, 1: 5})
         await produce(kafka.bootstrap_servers, name, [(b"k", b"late", 1)] * 3)
@@ -56,10 +61,7 @@ async def test_shards_reports_checkpoints_and_reset_refuses_while_running(
 
 async def test_reset_after_stopping_rewinds_one_shard(
         kafka: Tansu, topic: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    name = topic(partitions=2)
-    await produce(kafka.bootstrap_servers, name, [(b"k", f"{i}".encode(), i % 2) for i in range(10)])
-    data = config_data(kafka.bootstrap_servers, name, tmp_path)
-    config = write_config(tmp_path, data)
+    name, data, config = await two_shards_of_five(kafka, topic, tmp_path)
     async with running(data):
         await wait_committed(kafka, name, {0: 5, 1: 5})
     # Stopped: rewind shard 0 to after sequence number 1; shard 1 keeps its checkpoint.

@@ -278,7 +278,9 @@ async def test_zero_reserved_concurrency_goes_straight_to_on_failure(build: Any)
     await h.queue.close()
 
 
-async def test_concurrency_never_exceeds_reserved_and_backlog_stays_queued(build: Any) -> None:
+async def gated_backlog(build: Any) -> tuple[Harness, asyncio.Event]:
+    """Ten events for a function of reserved concurrency 2 whose invocations wait for the gate;
+    returns once the first two are running."""
     gate = asyncio.Event()
 
     async def slow(f: str, e: Any) -> InvocationResult:
@@ -288,6 +290,11 @@ async def test_concurrency_never_exceeds_reserved_and_backlog_stays_queued(build
     h: Harness = await build({"m": {}}, slow, functions={"fn": 2})
     await h.enqueue("m", 10)
     await until(lambda: len(h.pool.calls) == 2)
+    return h, gate
+
+
+async def test_concurrency_never_exceeds_reserved_and_backlog_stays_queued(build: Any) -> None:
+    h, gate = await gated_backlog(build)
     await asyncio.sleep(0.1)
     assert len(h.pool.calls) == 2  # the other 8 wait in the queue, not in the pool
     assert h.invoker.status()["mappings"]["m"]["in_flight"] == 2
@@ -413,15 +420,7 @@ async def test_a_retry_scheduled_ahead_is_not_a_stall_but_a_waiting_record_is(bu
 
 
 async def test_events_claimed_ahead_are_bounded_and_given_back_on_stop(build: Any) -> None:
-    gate = asyncio.Event()
-
-    async def slow(f: str, e: Any) -> InvocationResult:
-        await gate.wait()
-        return ok(h.pool)
-
-    h: Harness = await build({"m": {}}, slow, functions={"fn": 2})
-    await h.enqueue("m", 10)
-    await until(lambda: len(h.pool.calls) == 2)
+    h, gate = await gated_backlog(build)
     await asyncio.sleep(0.05)
     # two running, at most two more claimed ahead in memory; the rest is still claimable in the queue
     left = await h.queue.claim("m", "invoke", 10)

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import resource
+import select
 import signal
 import struct
 import sys
@@ -334,7 +335,12 @@ class _Inbox:
 
     Connection.recv_bytes makes two reads per message (its length, then the body); a small INVOKE
     arrives whole in one read here, one system call less on every invocation's critical path.
-    The framing is the Connection's, decoded by the same FrameDecoder the daemon uses."""
+    The framing is the Connection's, decoded by the same FrameDecoder the daemon uses.
+
+    The worker waits in poll() rather than in the read itself: a task blocked in a Unix socket
+    read is woken by every wake-up on that socket, including the "space to write" one the kernel
+    sends each time the daemon reads the worker's RESULT. A poll() waiter asked only for POLLIN
+    is passed over, sparing the daemon a cross-CPU wake-up per invocation (~a third of its CPU)."""
 
     _READ_SIZE = 1 << 16
 
@@ -342,9 +348,12 @@ class _Inbox:
         self._fd = fd
         self._decoder = protocol.FrameDecoder()
         self._ready: collections.deque[bytes] = collections.deque()
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
 
     def next(self) -> bytes:
         while not self._ready:
+            self._poll.poll()
             data = os.read(self._fd, self._READ_SIZE)
             if not data:
                 raise EOFError

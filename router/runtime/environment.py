@@ -60,6 +60,7 @@ class Ready:
 
 LogCallback = Callable[["ExecutionEnvironment", str | None, str, str], None]
 ExitCallback = Callable[["ExecutionEnvironment", Exited], None]
+IdleCallback = Callable[["ExecutionEnvironment"], None]
 
 
 class _Connection(asyncio.Protocol):
@@ -121,6 +122,7 @@ class ExecutionEnvironment:
         *,
         on_log: LogCallback,
         on_exit: ExitCallback,
+        on_idle: IdleCallback,
     ) -> None:
         self.spec = spec
         self.state: State = "starting"
@@ -129,6 +131,7 @@ class ExecutionEnvironment:
         self._mp = mp_context
         self._on_log = on_log
         self._on_exit = on_exit
+        self._on_idle = on_idle
         self._loop = asyncio.get_running_loop()
         self._process: SpawnProcess | None = None
         self._pid: int | None = None
@@ -214,31 +217,35 @@ class ExecutionEnvironment:
         self.state = "idle"
         return Ready(init_ms, None)
 
-    async def invoke(self, frame: bytes, timeout: float) -> protocol.Result | Exited:
-        """Send one INVOKE frame (protocol.encode_invoke) and wait for its RESULT, killing the
-        environment at the deadline."""
+    def send(self, frame: bytes, timeout: float) -> asyncio.Future[protocol.Result | Exited]:
+        """Start one invocation: write its INVOKE frame (protocol.encode_invoke) and arm the
+        deadline. The future resolves with the RESULT, or with Exited if the environment ends
+        first (killed at the deadline, crashed). Synchronous, so the pool can start the next
+        queued invocation from inside the callback that read the previous RESULT."""
         if self.state != "idle" or self._transport is None:
             raise RuntimeError(f"environment is {self.state}, not idle")
         self.state = "busy"
         self.invocations += 1
-        self._pending = pending = self._loop.create_future()
+        pending: asyncio.Future[Any] = self._loop.create_future()
+        self._pending = pending
         self._transport.write(frame)
         self._arm_deadline(self._loop.time() + timeout)
+        return pending
+
+    async def outcome(self, pending: asyncio.Future[protocol.Result | Exited]) -> protocol.Result | Exited:
+        """Wait for an invocation started by send(). A caller that gives up (is cancelled) while
+        the handler still runs ends the environment: nobody would read that result."""
         try:
-            outcome = await pending
+            return await pending
         except asyncio.CancelledError:
-            self.kill("cancelled")  # the handler still runs and nobody will read its result
+            self.abandon(pending)
             raise
-        finally:
-            self._deadline = None
-            self._pending = None
-        if isinstance(outcome, protocol.Result):
-            if self.state == "busy" and self._kill_reason is None:
-                self.state = "idle"
-            return outcome
-        if isinstance(outcome, Exited):
-            return outcome
-        raise RuntimeError("worker answered an invocation with a non-RESULT message")
+
+    def abandon(self, pending: asyncio.Future[protocol.Result | Exited]) -> None:
+        """The caller of the invocation behind `pending` is gone: if it is still running, end
+        the environment (by now it may have finished, and the environment moved on to another)."""
+        if self._pending is pending:
+            self.kill("cancelled")
 
     async def _wait_ready(self, timeout: float) -> protocol.Frame | protocol.Result | Exited:
         pending = self._pending
@@ -394,7 +401,14 @@ class ExecutionEnvironment:
                 self.peak_rss_bytes = result.max_rss_kb * 1024
             if result.retire:
                 self._retire("oom")
-            if pending is not None and not pending.done():
+            if self.state == "busy" and pending is not None and not pending.done():
+                self._pending = None
+                self._deadline = None
+                if self._kill_reason is None:
+                    self.state = "idle"
+                    # Free again: the pool may send the next queued INVOKE right now, before
+                    # the caller of this one has even resumed.
+                    self._on_idle(self)
                 pending.set_result(result)
             return
         frame = protocol.decode(message)
@@ -408,7 +422,7 @@ class ExecutionEnvironment:
             self.peak_rss_bytes = max(self.peak_rss_bytes, rss_kb * 1024)
             if not header.get("ok"):
                 self._retire("init")
-            if pending is not None and not pending.done():
+            if self.state == "starting" and pending is not None and not pending.done():
                 pending.set_result(frame)
 
     def _retire(self, reason: KillReason) -> None:

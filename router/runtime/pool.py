@@ -103,9 +103,28 @@ def pack_event(event: Any) -> protocol.PackedEvent:
 class _Request:
     request_id: str
     arn: str
-    client_context: dict[str, Any] | None
+    client_context: bytes  # JSON, b"" for none; encoded before the invocation queues
     event: protocol.PackedEvent
     synchronous: bool
+
+
+@dataclass(slots=True)
+class _Started:
+    """An invocation whose INVOKE has been sent to `env`; `pending` resolves with its outcome."""
+
+    env: ExecutionEnvironment
+    pending: asyncio.Future[protocol.Result | Exited]
+    started: float  # perf_counter at send
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    """An invocation waiting for an environment. It is resolved with the invocation already
+    started on the environment that freed up (no hop through the waiting task first), or with
+    None: a slot is free and the waiter starts a new environment itself."""
+
+    request: _Request
+    future: asyncio.Future[_Started | None]
 
 
 @dataclass
@@ -126,9 +145,7 @@ class _Function:
     log_report: bool = True
     envs: set[ExecutionEnvironment] = field(default_factory=set)
     idle: list[ExecutionEnvironment] = field(default_factory=list)
-    waiters: collections.deque[asyncio.Future[ExecutionEnvironment | None]] = field(
-        default_factory=collections.deque
-    )
+    waiters: collections.deque[_Waiter] = field(default_factory=collections.deque)
     slots: int = 0  # environments alive or being started; never above the limit
     in_flight: int = 0
     invocations: int = 0
@@ -148,21 +165,34 @@ class _Function:
             return True, None
         return False, None
 
-    async def acquire(self) -> ExecutionEnvironment | None:
-        """An idle environment, or None: the caller owns a free slot and starts a new one."""
-        got, env = self.try_acquire()
-        if got:
-            return env
-        waiter: asyncio.Future[ExecutionEnvironment | None] = asyncio.get_running_loop().create_future()
+    async def wait_turn(self, request: _Request) -> _Started | None:
+        """Queue behind the invocations already waiting: `request` started on the next
+        environment to free up, or None when a free slot is ours to start a new one in."""
+        waiter = _Waiter(request, asyncio.get_running_loop().create_future())
         self.waiters.append(waiter)
         try:
-            return await waiter
+            return await waiter.future
         except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._hand_over(waiter.result())  # woken and cancelled at once: pass it on
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                started = future.result()
+                if started is None:
+                    self._hand_over(None)  # woken and cancelled at once: pass the slot on
+                else:
+                    started.env.abandon(started.pending)  # nobody will read its result
             elif waiter in self.waiters:
                 self.waiters.remove(waiter)
             raise
+
+    def send(self, env: ExecutionEnvironment, request: _Request, timeout: float) -> _Started:
+        """Start `request` on `env` (which must be idle): the INVOKE goes out now."""
+        frame = protocol.encode_invoke(
+            request.request_id, int(time.time() * 1000 + timeout * 1000), request.arn,
+            request.client_context, request.event.body, request.event.format,
+        )
+        if self.log_lifecycle:
+            self.log.debug("invocation.start", request_id=request.request_id, version=FUNCTION_VERSION)
+        return _Started(env, env.send(frame, timeout), time.perf_counter())
 
     def release(self, env: ExecutionEnvironment) -> None:
         """An environment finished an invocation and can serve another."""
@@ -176,9 +206,13 @@ class _Function:
     def _hand_over(self, env: ExecutionEnvironment | None) -> None:
         while self.waiters:
             waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(env)
-                return
+            if waiter.future.done():
+                continue  # cancelled while waiting
+            if env is None:
+                waiter.future.set_result(None)
+            else:
+                waiter.future.set_result(self.send(env, waiter.request, float(self.config.timeout)))
+            return
         if env is None:
             self.slots -= 1
         else:
@@ -256,8 +290,8 @@ class WorkerPool:
         for fn in self._functions.values():
             while fn.waiters:
                 waiter = fn.waiters.popleft()
-                if not waiter.done():
-                    waiter.set_exception(PoolClosed("the worker pool is closed"))
+                if not waiter.future.done():
+                    waiter.future.set_exception(PoolClosed("the worker pool is closed"))
             envs.extend(fn.envs)
         if envs:
             await asyncio.gather(*(env.stop(CLOSE_GRACE_SECONDS) for env in envs))
@@ -308,7 +342,8 @@ class WorkerPool:
             arn=invoked_function_arn or fn.arn,
             # ClientContext reaches the handler only on synchronous invocations.
             client_context=(
-                dict(client_context) if client_context is not None and invocation_type == "RequestResponse" else None
+                json.dumps(dict(client_context)).encode()
+                if client_context is not None and invocation_type == "RequestResponse" else b""
             ),
             event=packed,
             synchronous=invocation_type == "RequestResponse",
@@ -316,42 +351,42 @@ class WorkerPool:
         fn.in_flight += 1
         try:
             got, env = fn.try_acquire()  # no suspension when an environment is idle: the hot path
-            return await self._run(fn, env if got else await fn.acquire(), request)
+            if got and env is not None:
+                return await self._outcome(fn, request, fn.send(env, request, float(fn.config.timeout)), None)
+            if not got:
+                started = await fn.wait_turn(request)
+                if started is not None:
+                    return await self._outcome(fn, request, started, None)
+            return await self._run_cold(fn, request)
         finally:
             fn.in_flight -= 1
 
-    async def _run(self, fn: _Function, env: ExecutionEnvironment | None, request: _Request) -> InvocationResult:
-        """One invocation on `env`, or on a new environment in the slot we hold when env is None."""
+    async def _run_cold(self, fn: _Function, request: _Request) -> InvocationResult:
+        """One invocation on a new environment, started in the slot we hold."""
         request_id = request.request_id
         timeout = float(fn.config.timeout)
-        init_ms: float | None = None
-        try:
-            if env is None:
-                env, ready = await self._cold_start(fn, timeout)
-                if isinstance(ready, Exited):
-                    return self._finish(fn, request_id, self._died(fn, request_id, ready, timeout, None), None)
-                init_ms = ready.init_ms
-                if ready.error is not None:
-                    return self._finish(fn, request_id, self._init_failed(request_id, ready), init_ms)
-                # Init past Lambda's 10 s limit is charged to the function timeout.
-                timeout -= max(0.0, init_ms / 1000 - INIT_TIMEOUT_SECONDS)
-            deadline_ms = int(time.time() * 1000 + timeout * 1000)
-            event = request.event
-            frame = protocol.encode_invoke(
-                request_id, deadline_ms, request.arn, request.client_context, event.body, event.format
-            )
-            if fn.log_lifecycle:
-                fn.log.debug("invocation.start", request_id=request_id, version=FUNCTION_VERSION)
-            started = time.perf_counter()
-            outcome = await env.invoke(frame, timeout)
-            if isinstance(outcome, Exited):
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                died = self._died(fn, request_id, outcome, fn.config.timeout, elapsed_ms)
-                return self._finish(fn, request_id, died, init_ms)
-            return self._finish(fn, request_id, self._completed(request, env, outcome), init_ms)
-        finally:
-            if env is not None:
-                fn.release(env)
+        env, ready = await self._cold_start(fn, timeout)
+        if isinstance(ready, Exited):
+            return self._finish(fn, request_id, self._died(fn, request_id, ready, timeout, None), None)
+        init_ms = ready.init_ms
+        if ready.error is not None:
+            return self._finish(fn, request_id, self._init_failed(request_id, ready), init_ms)
+        # Init past Lambda's 10 s limit is charged to the function timeout.
+        timeout -= max(0.0, init_ms / 1000 - INIT_TIMEOUT_SECONDS)
+        return await self._outcome(fn, request, fn.send(env, request, timeout), init_ms)
+
+    async def _outcome(
+        self, fn: _Function, request: _Request, started: _Started, init_ms: float | None
+    ) -> InvocationResult:
+        """Wait for a started invocation. The environment is not released here: it frees itself
+        the moment its RESULT is read (ExecutionEnvironment's on_idle), so a queued invocation
+        is already running while this one's result is being shaped."""
+        outcome = await started.env.outcome(started.pending)
+        if isinstance(outcome, Exited):
+            elapsed_ms = (time.perf_counter() - started.started) * 1000
+            died = self._died(fn, request.request_id, outcome, fn.config.timeout, elapsed_ms)
+            return self._finish(fn, request.request_id, died, init_ms)
+        return self._finish(fn, request.request_id, self._completed(request, started.env, outcome), init_ms)
 
     async def _cold_start(self, fn: _Function, timeout: float) -> tuple[ExecutionEnvironment, Ready | Exited]:
         spec = protocol.WorkerSpec(
@@ -366,7 +401,7 @@ class WorkerPool:
             code_path=fn.code_path,
             data_limit_bytes=(fn.config.memory_size * _DATA_LIMIT_FACTOR + _DATA_LIMIT_SLACK_MB) * _MB,
         )
-        env = ExecutionEnvironment(spec, self._mp, on_log=self._on_log, on_exit=self._on_exit)
+        env = ExecutionEnvironment(spec, self._mp, on_log=self._on_log, on_exit=self._on_exit, on_idle=self._on_idle)
         fn.cold_starts += 1
         try:
             fn.envs.add(env)
@@ -504,6 +539,9 @@ class WorkerPool:
         messages = [text] if stream == "log" else text.split("\n")
         for message in messages:
             fn.log.info("function.log", request_id=request_id, stream=stream, message=message)
+
+    def _on_idle(self, env: ExecutionEnvironment) -> None:
+        self._functions[env.spec.function_name].release(env)
 
     def _on_exit(self, env: ExecutionEnvironment, exited: Exited) -> None:
         fn = self._functions[env.spec.function_name]

@@ -106,13 +106,13 @@ class Result:
 
 
 def encode_invoke(
-    request_id: str, deadline_ms: int, arn: str, client_context: dict[str, Any] | None, event: bytes,
+    request_id: str, deadline_ms: int, arn: str, client_context: bytes, event: bytes,
     event_format: int = EVENT_JSON,
 ) -> bytes:
     """An INVOKE message ready for the wire, length prefix included: the event (for a stream
-    mapping, a whole batch) is copied once, here, on its way to the worker."""
-    rid, arn_b = request_id.encode(), arn.encode()
-    cc = b"" if client_context is None else json.dumps(client_context).encode()
+    mapping, a whole batch) is copied once, here, on its way to the worker. `client_context` is
+    its JSON, b"" for none."""
+    rid, arn_b, cc = request_id.encode(), arn.encode(), client_context
     head = _INVOKE.pack(INVOKE, event_format, deadline_ms, len(rid), len(arn_b), len(cc))
     size = len(head) + len(rid) + len(arn_b) + len(cc) + len(event)
     return b"".join((*_prefix(size), head, rid, arn_b, cc, event))

@@ -489,6 +489,57 @@ async def test_cancelled_invocation_ends_its_environment_and_frees_the_slot(make
     assert result.ok
 
 
+async def test_a_cancelled_queued_invocation_never_runs_and_costs_no_environment(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    h = await make_pool(sleepy={"handler": "basic.sleepy", "timeout": 10})
+    await h.pool.invoke("sleepy", {"seconds": 0})
+    (pid,) = h.pids("sleepy")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+
+    def invoke(request_id: str, seconds: float) -> asyncio.Task[Any]:
+        event = {"seconds": seconds, "marker_dir": str(markers)}
+        return asyncio.create_task(h.pool.invoke("sleepy", event, request_id=request_id))
+
+    first = invoke("first", 0.3)
+    await asyncio.sleep(0.05)
+    dropped, last = invoke("dropped", 0), invoke("last", 0)
+    await asyncio.sleep(0.05)
+    dropped.cancel()
+    assert (await first).ok and (await last).ok
+    with pytest.raises(asyncio.CancelledError):
+        await dropped
+    assert sorted(p.name for p in markers.iterdir()) == ["first", "last"]
+    assert h.pids("sleepy") == [pid]  # the same warm environment served both
+
+
+async def test_a_queued_invocation_starts_when_the_environment_answers_not_when_its_caller_resumes(
+    make_pool: MakePool,
+) -> None:
+    """The next queued INVOKE goes out from the callback that reads the previous RESULT: a caller
+    that is slow to resume (here one that blocks the event loop) does not hold the environment."""
+    h = await make_pool(sleepy={"handler": "basic.sleepy", "timeout": 10})
+    await h.pool.invoke("sleepy", {"seconds": 0})
+    first_caller_done = 0.0
+
+    async def slow_caller() -> Any:
+        nonlocal first_caller_done
+        result = await h.pool.invoke("sleepy", {"seconds": 0.3})
+        time.sleep(0.5)  # blocking the event loop on purpose
+        first_caller_done = time.time()
+        return result
+
+    first = asyncio.create_task(slow_caller())
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(h.pool.invoke("sleepy", {"seconds": 0}))
+    assert (await first).ok
+    second = await queued
+    assert second.ok
+    assert second.payload["start"] < first_caller_done - 0.3
+    assert len(h.pids("sleepy")) == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # logs
 

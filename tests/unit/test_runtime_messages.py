@@ -57,7 +57,7 @@ def test_wire_format_is_what_a_multiprocessing_connection_reads() -> None:
 
 def test_invoke_frames_arrive_whole_and_decode_to_what_was_sent() -> None:
     reader, writer = Pipe(duplex=False)
-    frame = protocol.encode_invoke("r-7", 1_700_000_000_123, "arn:aws:lambda:x", {"custom": {"k": 1}}, b'{"a":1}')
+    frame = protocol.encode_invoke("r-7", 1_700_000_000_123, "arn:aws:lambda:x", b'{"custom": {"k": 1}}', b'{"a":1}')
     os.write(writer.fileno(), frame)
     invoke = protocol.decode_invoke(reader.recv_bytes())
     assert invoke == protocol.Invoke("r-7", 1_700_000_000_123, "arn:aws:lambda:x", {"custom": {"k": 1}}, b'{"a":1}')

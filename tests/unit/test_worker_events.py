@@ -28,7 +28,7 @@ def _invoke(event: bytes, event_format: int, handler: Any) -> protocol.Result:
     )
     sent = _Sent()
     runtime = worker._Runtime(sent, spec)  # type: ignore[arg-type]
-    frame = protocol.encode_invoke("r-1", int(time.time() * 1000) + 3000, "arn", None, event, event_format)
+    frame = protocol.encode_invoke("r-1", int(time.time() * 1000) + 3000, "arn", b"", event, event_format)
     runtime.invoke(handler, protocol.decode_invoke(frame[4:]))
     *logs, result = sent.messages  # an error is logged before its RESULT, as on Lambda
     assert all(m[0] == protocol.LOG for m in logs)

@@ -1,7 +1,9 @@
 """One shard's processor: buffer, batcher and outcome policy, lane by lane, and its checkpoint.
 
 Records arrive from the source in shard order and wait in a bounded buffer (the source pauses the
-partition when `shard_buffer_records` are held and resumes it at half). With parallelization
+partition when `shard_buffer_records` are held and resumes it at three quarters: the consumer
+drops what it had prefetched for a paused partition and its next fetch may queue behind a long
+poll, so a shard resumed any later runs dry before its records return). With parallelization
 factor 1 there is one lane: one batch in flight, the next waits for its result. With factor N
 there are N lanes and each record goes to lane `crc32(partitionKey) % N`, so a key always lands in
 the same lane and keeps its order while other keys run beside it; the shard checkpoint is the
@@ -334,7 +336,7 @@ class ShardProcessor:
         self.tracker.advanced()
         self.tracker.set_pending(self._held > 0)
         self._set_checkpoint_metrics()
-        if self.paused and self._held <= self._limit // 2:
+        if self.paused and self._held <= self._limit * 3 // 4:  # see the module docstring
             self.paused = False
             self._resume()
 

@@ -43,6 +43,7 @@ from router.observability.progress import ProgressBoard
 PROBE_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 5.0
 FETCH_TIMEOUT_MS = 500
+FETCH_MAX_WAIT_MS = 100
 # Records handed over per getmany: bounds the Kafka record objects alive at once (aiokafka keeps
 # the rest of a fetch as compact bytes until asked).
 FETCH_MAX_RECORDS = 2000
@@ -66,6 +67,10 @@ def consumer_options(config: Config, name: str, mapping: StreamMapping) -> dict[
         # The group waits for our revocation, which may finish an invocation in flight.
         "rebalance_timeout_ms": kafka.session_timeout_ms + timeout_ms + 5000,
         "max_poll_interval_ms": max(300_000, timeout_ms + 60_000),
+        # How long the broker holds a fetch for shards that are caught up. Another fetch waits
+        # for it, so a shard resumed after a pause (router.delivery.shard) waits this long for
+        # its records: aiokafka's 500 ms starved busy shards while draining a backlog.
+        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
     }
 
 

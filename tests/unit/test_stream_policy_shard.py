@@ -179,15 +179,18 @@ async def test_lanes_keep_key_order_and_a_blocked_key_holds_only_the_checkpoint(
     await s.shard.stop(1)
 
 
-async def test_full_buffer_pauses_and_drained_buffer_resumes() -> None:
-    gate = asyncio.Event()
-    s = make(FakePool(gates={b"block": gate}), shard_buffer_records=10, batch_size=5)
-    s.add(Fetched(0, b"k", b"block"), *records(1, 12))
+async def test_full_buffer_pauses_and_resumes_at_three_quarters() -> None:
+    first, second = asyncio.Event(), asyncio.Event()
+    s = make(FakePool(gates={b"first": first, b"second": second}), shard_buffer_records=12, batch_size=5)
+    s.add(Fetched(0, b"k", b"first"), *records(1, 5), Fetched(5, b"k", b"second"), *records(6, 13))
     assert s.events == ["pause"]
     assert s.shard.status()["paused"] is True
-    gate.set()
-    await s.settle(12)
-    assert "resume" in s.events and s.shard.status()["paused"] is False
+    first.set()  # 13 held -> 8 once the first batch is done: at most 3/4 of 12, so fetching resumes
+    await until(lambda: "resume" in s.events)
+    assert len(s.pool.calls) == 2 and not second.is_set()  # while the second batch is still running
+    assert s.shard.status()["paused"] is False
+    second.set()
+    await s.settle(13)
     await s.shard.stop(1)
 
 

@@ -27,7 +27,7 @@ import contextlib
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,7 +161,7 @@ class ShardProcessor:
 
     # -- intake (called by the source, never blocks) -----------------------------------------------
 
-    def add(self, records: Iterable[SourceRecord]) -> None:
+    def add(self, records: Sequence[SourceRecord]) -> None:
         """Take fetched records (shard order). A stopping shard drops them; offsets seen before (a
         re-fetch after a seek) are ignored."""
         if self._stopping.is_set():

@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import json as _json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,6 +48,8 @@ _SHARD_RE = re.compile(r"shardId-([0-9]{12})")
 _ENVELOPE_BYTES = len(b'{"Records":[') + len(b"]}")
 _SEPARATOR_BYTES = len(b",")
 _COMPACT = (",", ":")
+# Partition keys remembered per shard (decoded, with their JSON size); forgotten when this many.
+_KEY_CACHE_SIZE = 4096
 
 
 def shard_id(partition: int) -> str:
@@ -90,11 +92,14 @@ class StreamRecord:
     more to build, once per record of every stream."""
 
     offset: int
-    sequence_number: str
     partition_key: str
     arrival: float  # epoch seconds
     value: bytes  # the record's data, exactly (a null value is b"")
     size: int  # bytes this record adds to the compact JSON event, separator excluded
+
+    @property
+    def sequence_number(self) -> str:
+        return str(self.offset)
 
     @property
     def data(self) -> bytes:
@@ -134,49 +139,53 @@ class KinesisEventBuilder:
         empty["kinesis"]["sequenceNumber"] = ""
         empty["eventID"] = f"{self.shard_id}:"
         self._fixed_size = len(_json.dumps(empty, separators=_COMPACT)) - len('""') - len("0")
+        self._keys: dict[bytes, tuple[str, int]] = {}
 
     def stream_record(self, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int) -> StreamRecord:
         return self.stream_records([_Fetched(offset, key, value, timestamp_ms)])[0]
 
-    def stream_records(self, records: Iterable[SourceRecord], after: int = -1) -> list[StreamRecord]:
+    def stream_records(self, records: Sequence[SourceRecord], after: int = -1) -> list[StreamRecord]:
         """Records as the delivery path wants them, skipping offsets up to `after`.
 
-        This loop runs once per record of every stream, hence the inlining (the rules are in the
-        module docstring: sequence number, partition key fallbacks, arrival time, base64 data)."""
+        This loop runs once per record of every stream, hence the inlining and the shortcuts (the
+        rules are in the module docstring: sequence number, partition key fallbacks, arrival time,
+        base64 data): a key's decoding and JSON size are remembered (keys repeat), and the
+        sequence number's length is worked out once when the whole fetch shares it."""
         out: list[StreamRecord] = []
+        if not records:
+            return out
         append = out.append
-        fixed = self._fixed_size
-        dumps = _json.dumps
+        keys = self._keys
+        if len(keys) > _KEY_CACHE_SIZE:
+            keys.clear()
+        first, last = len(str(records[0].offset)), len(str(records[-1].offset))
+        # key, the sequence number twice (sequenceNumber, eventID), base64 data, arrival time
+        fixed = self._fixed_size + 2 * first if first == last else -1
         for r in records:
             offset = r.offset
             if offset <= after:
                 continue
-            sequence = str(offset)
             key = r.key
             if key is None:
-                pkey = sequence
-            else:
-                try:
-                    pkey = key.decode("utf-8")
-                except UnicodeDecodeError:
-                    pkey = base64.b64encode(key).decode("ascii")
-            if pkey.isascii() and pkey.isprintable() and '"' not in pkey and "\\" not in pkey:
+                pkey = str(offset)
                 key_size = len(pkey) + 2
             else:
-                key_size = len(dumps(pkey))
+                known = keys.get(key)
+                if known is None:
+                    known = keys[key] = _key(key)
+                pkey, key_size = known
             timestamp = r.timestamp
-            arrival = timestamp / 1000
             if 1_000_000_000_000 <= timestamp < 10_000_000_000_000:
                 # 2001..2286: JSON shows 10 integer digits, a point and the milliseconds without
                 # trailing zeros ("1700000000.12", "1700000000.0"). repr() says the same, slower.
                 ms = timestamp % 1000
                 arrival_size = 14 if ms % 10 else 13 if ms % 100 else 12
             else:
-                arrival_size = len(repr(arrival))
+                arrival_size = len(repr(timestamp / 1000))
             value = r.value or b""
-            # key, the sequence number twice (sequenceNumber, eventID), base64 data, arrival time
-            size = fixed + key_size + 2 * len(sequence) + 4 * ((len(value) + 2) // 3) + arrival_size
-            append(StreamRecord(offset, sequence, pkey, arrival, value, size))
+            size = key_size + 4 * ((len(value) + 2) // 3) + arrival_size
+            size += fixed if fixed >= 0 else self._fixed_size + 2 * len(str(offset))
+            append(StreamRecord(offset, pkey, timestamp / 1000, value, size))
         return out
 
     def record(self, record: StreamRecord) -> dict[str, Any]:
@@ -194,6 +203,17 @@ class KinesisEventBuilder:
             [r.partition_key for r in records], [r.value for r in records],
         )
         return PackedEvent(EVENT_KINESIS_BATCH, body)
+
+
+def _key(key: bytes) -> tuple[str, int]:
+    """A Kafka key as the partition key and the bytes that key takes in the JSON event."""
+    try:
+        pkey = key.decode("utf-8")
+    except UnicodeDecodeError:
+        pkey = base64.b64encode(key).decode("ascii")
+    if pkey.isascii() and pkey.isprintable() and '"' not in pkey and "\\" not in pkey:
+        return pkey, len(pkey) + 2
+    return pkey, len(_json.dumps(pkey))
 
 
 @dataclass(slots=True)

@@ -109,6 +109,10 @@ def test_encoded_event_and_sizes_match_json_dumps(builder: KinesisEventBuilder) 
         expected.append(builder.stream_record(offset, key, value, ts))
     assert builder.stream_records(fetched) == expected
     assert builder.stream_records(fetched, after=749) == expected[250:]
+    # One fetch whose sequence numbers change length half way (999 -> 1000), keys seen before.
+    across = [Fetched(offset, keys[offset % len(keys)], b"v", 1700000000123) for offset in range(990, 1010)]
+    assert [r.size for r in builder.stream_records(across)] == [
+        len(_compact(builder.record(r))) for r in builder.stream_records(across)]
     for n in (0, 1, 2, 57, 300):
         event = builder.event(records[:n])
         assert event_size(records[:n]) == len(_compact(event))

@@ -37,7 +37,7 @@ def failures(*seqs: str) -> InvocationResult:
 
 def records(offsets: Sequence[int], ages: Sequence[float] | None = None) -> list[StreamRecord]:
     ages = ages or [1.0] * len(offsets)
-    return [StreamRecord(o, str(o), f"k{o}", NOW - a, b"{}", 200) for o, a in zip(offsets, ages, strict=True)]
+    return [StreamRecord(o, f"k{o}", NOW - a, b"{}", 200) for o, a in zip(offsets, ages, strict=True)]
 
 
 class Harness:

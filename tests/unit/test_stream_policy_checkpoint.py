@@ -41,7 +41,7 @@ def test_nothing_fetched_keeps_the_start() -> None:
 
 
 def _records() -> list[StreamRecord]:
-    return [StreamRecord(o, str(o), "k", 1573691884.835 + i * 0.745, b"{}", 200) for i, o in enumerate((7, 8, 9))]
+    return [StreamRecord(o, "k", 1573691884.835 + i * 0.745, b"{}", 200) for i, o in enumerate((7, 8, 9))]
 
 
 def test_retry_exhausted_record_has_lambdas_shape_plus_payload() -> None:

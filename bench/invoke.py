@@ -234,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bare + event decoded": lambda: bare_round_trips(payload, per_round, decode=True),
             "event loop round trip": lambda: event_loop.run(asyncio_round_trips(payload, per_round)),
             "pool, 1 env": lambda: event_loop.run(pool_round_trips(one, payload, per_round, 1, quiet_logger())),
-            "pool, 1 env, 4 callers": lambda: event_loop.run(pool_round_trips(one, payload, per_round, 4, quiet_logger())),
+            "pool, 1 env, 4 callers": lambda: event_loop.run(
+                pool_round_trips(one, payload, per_round, 4, quiet_logger())),
             "pool, 2 envs": lambda: event_loop.run(pool_round_trips(two, payload, per_round, 2, quiet_logger())),
             "pool, 1 env, REPORT logged": report_logged,
         }

@@ -44,6 +44,9 @@ PROBE_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 5.0
 FETCH_TIMEOUT_MS = 500
 FETCH_MAX_WAIT_MS = 100
+# While every shard is full, getmany is still called this often (the group's max_poll_interval_ms
+# is at least 300 s).
+POLL_KEEPALIVE_SECONDS = 30.0
 # Records handed over per getmany: bounds the Kafka record objects alive at once (aiokafka keeps
 # the rest of a fetch as compact bytes until asked).
 FETCH_MAX_RECORDS = 2000
@@ -340,21 +343,16 @@ class KafkaStreamSource:
         return fetch.result() if not fetch.cancelled() else {}
 
     async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
-        """Every shard is full. The group expects us to keep polling (or it drops this member),
-        so the consumer's own pause holds fetching while getmany keeps being called."""
-        assigned = consumer.assignment()
-        with contextlib.suppress(IllegalStateError):
-            consumer.pause(*assigned)
-        try:
-            while not self._stopping.is_set() and all(tp.partition in self._full for tp in consumer.assignment()):
-                self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), FETCH_TIMEOUT_MS / 1000)
+        """Every shard is full: wait for one to make room. The group drops a member that stops
+        calling getmany for max_poll_interval_ms, so a wait that lasts calls it now and then
+        (which makes the consumer drop what it holds for the paused shards: refetched later)."""
+        while not self._stopping.is_set() and all(tp.partition in self._full for tp in consumer.assignment()):
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), POLL_KEEPALIVE_SECONDS)
+            except TimeoutError:
                 with contextlib.suppress(KafkaError):
-                    await consumer.getmany(timeout_ms=0)  # all paused: returns nothing
-        finally:
-            with contextlib.suppress(IllegalStateError):
-                consumer.resume(*consumer.assignment())
+                    await consumer.getmany(timeout_ms=0)
 
     # -- rebalance ---------------------------------------------------------------------------------
 
@@ -471,15 +469,24 @@ class KafkaStreamSource:
     def pause(self, partition: int) -> None:
         """The shard is full: fetch nothing more for it until resume().
 
-        Not the consumer's pause(): aiokafka drops what it has prefetched for a paused partition,
-        and the refetch after resume() waits behind the fetch in flight, so a busy shard ran dry
-        for 100-500 ms at every resume. Left out of getmany instead, its prefetched records (at
-        most one fetch) stay buffered and are handed over at once."""
+        The consumer pauses the partition (no fetch asks for it, so a broker that answers a fetch
+        with one partition's records, as Tansu does, answers for a shard that wants them) and
+        getmany leaves it out: aiokafka drops what it prefetched for a paused partition only when
+        getmany reaches it, so those records (one fetch at most) stay buffered and are handed over
+        the moment the shard makes room, instead of being refetched behind the fetch in flight."""
         self._full.add(partition)
+        consumer = self._consumer
+        if consumer is not None:
+            with contextlib.suppress(IllegalStateError):
+                consumer.pause(TopicPartition(self.topic, partition))
 
     def resume(self, partition: int) -> None:
         self._full.discard(partition)
         self._room.set()
+        consumer = self._consumer
+        if consumer is not None:
+            with contextlib.suppress(IllegalStateError):
+                consumer.resume(TopicPartition(self.topic, partition))
 
     # -- broker health and lag ---------------------------------------------------------------------
 

@@ -147,6 +147,26 @@ def router_config(bootstrap: str, topic: str, code_path: str, concurrency: int) 
     }
 
 
+def _time_aiokafka_parsing() -> list[float]:
+    """CPU seconds aiokafka spends turning fetched bytes into ConsumerRecords inside getmany (what
+    the raw loop does and nothing more), accumulated in the returned one-item list. A bench-only
+    wrapper around aiokafka's (synchronous) FetchResult.getall."""
+    from aiokafka.consumer import fetcher
+
+    spent = [0.0]
+    getall = fetcher.FetchResult.getall
+
+    def timed(self: Any, max_records: int | None = None) -> Any:
+        started = time.thread_time()
+        try:
+            return getall(self, max_records)
+        finally:
+            spent[0] += time.thread_time() - started
+
+    fetcher.FetchResult.getall = timed
+    return spent
+
+
 async def child(config_path: str, total: int) -> None:
     """Run the mapping until every record is checkpointed; print one JSON line with the timings."""
     import logging
@@ -161,6 +181,7 @@ async def child(config_path: str, total: int) -> None:
 
     configure_logging(level="warning", fmt="json", stream=sys.stderr)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    parsing = _time_aiokafka_parsing()
     config = load_config_data(json.loads(Path(config_path).read_text()), {})
     metrics = Metrics()
     pool = WorkerPool(config, metrics=metrics)
@@ -185,18 +206,21 @@ async def child(config_path: str, total: int) -> None:
 
     first: float | None = None
     cpu_first = (0.0, 0.0)
+    parsing_first = 0.0
     while True:
         checkpoints = runner.checkpoints().values()
         if first is None and checkpoints:
             first = time.perf_counter()  # shards assigned: fetching starts
             cpu_first = cpu()
+            parsing_first = parsing[0]
         if sum(max(0, cp.committed) for cp in checkpoints) >= total:
             break
         await asyncio.sleep(0.002)
     elapsed = time.perf_counter() - (first or time.perf_counter())
     cpu_last = cpu()
     print(json.dumps({"rate": total / elapsed, "elapsed": elapsed, "daemon_cpu": cpu_last[0] - cpu_first[0],
-                      "workers_cpu": cpu_last[1] - cpu_first[1]}), flush=True)
+                      "workers_cpu": cpu_last[1] - cpu_first[1], "aiokafka_parsing": parsing[0] - parsing_first}),
+          flush=True)
     await runner.stop(10)
     await pool.close()
 
@@ -271,10 +295,13 @@ async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, wor
     # Rounds alternate between the two (fresh groups, same data), so drift on a shared machine
     # hits both alike; the figures are the medians.
     raws: list[float] = []
+    raw_cpus: list[float] = []  # the raw loop's process CPU (group join included)
     routers: list[dict[str, Any]] = []
     for _ in range(args.rounds):
         broker_cpu = cpu_seconds(broker_pid)
+        raw_cpu = time.process_time()
         raws.append(await raw_loop(bootstrap, topic, args.records))
+        raw_cpus.append(time.process_time() - raw_cpu)
         routed = await run_router(bootstrap, topic, args.records, workdir, args.concurrency, sample_rss=False)
         routed["broker_cpu"] = cpu_seconds(broker_pid) - broker_cpu
         routers.append(routed)
@@ -294,6 +321,10 @@ async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, wor
           + (f"broker {routed['broker_cpu']:.2f} s (raw loop and router), " if broker_pid is not None else "")
           + f"wall {routed['elapsed']:.2f} s ({routed['daemon_cpu'] / args.records * 1e6:.1f} us of daemon CPU "
           "per record)")
+    print(f"  of the daemon's CPU, aiokafka parsing records in getmany: {routed['aiokafka_parsing']:.2f} s "
+          f"({routed['aiokafka_parsing'] / args.records * 1e6:.1f} us per record, "
+          f"{routed['aiokafka_parsing'] / routed['daemon_cpu']:.0%}); the raw loop used "
+          f"{statistics.median(raw_cpus) / args.records * 1e6:.1f} us of CPU per record in all")
     print(f"ratio router / raw          : {routed['rate'] / raw:>12.2f}   (goal >= 0.5)")
     if args.backlog:
         backlog = f"bench-backlog-{uuid.uuid4().hex[:8]}"

@@ -211,7 +211,7 @@ class KafkaStreamSource:
         self._commit_problem: str | None = None
         self._unstarted: set[int] = set()  # assigned shards whose setup failed (retried by the probe)
         self._full: set[int] = set()  # shards whose buffer is full (see pause())
-        self._room = asyncio.Event()  # set when a full shard makes room
+        self._room = asyncio.Event()  # set when a full shard makes room or the assignment changes
         self.state = "Creating"
         self.last_error: str | None = None
         self._backoff = Backoff(0.5, 30.0)
@@ -346,7 +346,10 @@ class KafkaStreamSource:
         """Every shard is full: wait for one to make room. The group drops a member that stops
         calling getmany for max_poll_interval_ms, so a wait that lasts calls it now and then
         (which makes the consumer drop what it holds for the paused shards: refetched later)."""
-        while not self._stopping.is_set() and all(tp.partition in self._full for tp in consumer.assignment()):
+        while not self._stopping.is_set():
+            assigned = consumer.assignment()
+            if not assigned or any(tp.partition not in self._full for tp in assigned):
+                return
             self._room.clear()
             try:
                 await asyncio.wait_for(self._room.wait(), POLL_KEEPALIVE_SECONDS)
@@ -359,6 +362,7 @@ class KafkaStreamSource:
     async def _revoked(self, partitions: set[int]) -> None:
         self._unstarted -= partitions
         self._full -= partitions
+        self._room.set()  # the fetch loop re-reads the assignment
         if partitions:
             self._log.info("stream.shards_revoked", shards=sorted(partitions))
         try:
@@ -369,6 +373,7 @@ class KafkaStreamSource:
     async def _assigned(self, partitions: set[int]) -> None:
         consumer = self._consumer
         self._full -= partitions  # a new shard starts empty
+        self._room.set()
         if consumer is None:
             return
         try:

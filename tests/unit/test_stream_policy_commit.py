@@ -1,4 +1,6 @@
-"""Commits: fenced commits never move a checkpoint, and concurrent flushes share requests."""
+"""Commits: fenced commits never move a checkpoint, and concurrent flushes share requests. Flow
+control: a full shard is paused in the consumer, and a fetch loop waiting for room notices a
+rebalance at once."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class FakeConsumer:
         self._assigned = {TopicPartition("t", p) for p in partitions}
         self.error = error
         self.commits: list[dict[TopicPartition, int]] = []
+        self.paused: set[TopicPartition] = set()
 
     def assignment(self) -> set[TopicPartition]:
         return self._assigned
@@ -29,6 +32,12 @@ class FakeConsumer:
         if self.error is not None:
             raise self.error
         self.commits.append(dict(offsets))
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused.difference_update(partitions)
 
 
 class Owner:
@@ -111,3 +120,24 @@ async def test_concurrent_flushes_share_commits() -> None:
     assert len(calls) == 2
     assert calls[1] == {p: 2 for p in range(1, 8)}
     assert all(not cp.dirty for cp in cps.values())
+
+
+async def test_a_fetch_loop_waiting_for_room_wakes_on_room_and_on_a_rebalance() -> None:
+    consumer = FakeConsumer({0, 1})
+    src = source(Owner(), consumer)
+    src.pause(0)
+    src.pause(1)
+    assert consumer.paused == {TopicPartition("t", 0), TopicPartition("t", 1)}  # not fetched any more
+    waiting = asyncio.create_task(src._wait_for_room(consumer))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    src.resume(1)
+    await asyncio.wait_for(waiting, 1)
+    assert consumer.paused == {TopicPartition("t", 0)}
+
+    src.pause(1)
+    waiting = asyncio.create_task(src._wait_for_room(consumer))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    consumer._assigned = set()  # both shards revoked while every shard was full
+    await src._revoked({0, 1})
+    await asyncio.wait_for(waiting, 1)  # not after the 30 s keep-alive

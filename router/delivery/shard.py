@@ -1,9 +1,9 @@
 """One shard's processor: buffer, batcher and outcome policy, lane by lane, and its checkpoint.
 
 Records arrive from the source in shard order and wait in a bounded buffer (the source pauses the
-partition when `shard_buffer_records` are held and resumes it at three quarters: the consumer
-drops what it had prefetched for a paused partition and its next fetch may queue behind a long
-poll, so a shard resumed any later runs dry before its records return). With parallelization
+partition when `shard_buffer_records` are held and resumes it at three quarters, early enough
+that its next records, when they are not prefetched already, are a fetch away and not more:
+resumed at half, busy shards ran dry while draining a backlog). With parallelization
 factor 1 there is one lane: one batch in flight, the next waits for its result. With factor N
 there are N lanes and each record goes to lane `crc32(partitionKey) % N`, so a key always lands in
 the same lane and keeps its order while other keys run beside it; the shard checkpoint is the

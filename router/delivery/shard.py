@@ -27,7 +27,7 @@ import contextlib
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +82,7 @@ class ShardProcessor:
         on_failure: Destination | None,
         metrics: Metrics,
         board: ProgressBoard,
-        commit: Callable[[], Awaitable[None]],
+        commit: Callable[[], None],  # asks for the checkpoint to be committed; returns at once
         pause: Callable[[], None],
         resume: Callable[[], None],
         skip_before: float | None = None,
@@ -330,7 +330,7 @@ class ShardProcessor:
         self.checkpoint.done(r.offset for r in records)
         self._held -= len(records)
         self._after_progress()
-        await self._commit()
+        self._commit()
 
     def _after_progress(self) -> None:
         self.tracker.advanced()

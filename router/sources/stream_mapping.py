@@ -82,7 +82,7 @@ class StreamMappingRunner:
             shard = ShardProcessor(
                 name=self.name, mapping=self.mapping, config=self._config, partition=partition,
                 start=start.offset, pool=self._pool, on_failure=self._on_failure, metrics=self._metrics,
-                board=self._board, commit=self.source.committer.flush,
+                board=self._board, commit=self.source.committer.request,
                 pause=functools.partial(self.source.pause, partition),
                 resume=functools.partial(self.source.resume, partition),
                 skip_before=start.skip_before, log=self._log,

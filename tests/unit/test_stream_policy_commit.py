@@ -141,3 +141,29 @@ async def test_a_fetch_loop_waiting_for_room_wakes_on_room_and_on_a_rebalance() 
     consumer._assigned = set()  # both shards revoked while every shard was full
     await src._revoked({0, 1})
     await asyncio.wait_for(waiting, 1)  # not after the 30 s keep-alive
+
+
+async def test_a_commit_request_returns_at_once_and_the_commit_follows() -> None:
+    gate = asyncio.Event()
+    calls: list[dict[int, int]] = []
+
+    async def commit(offsets: dict[int, int]) -> set[int]:
+        calls.append(dict(offsets))
+        await gate.wait()
+        return set(offsets)
+
+    cps = {0: ShardCheckpoint(0)}
+    committer = Committer(commit, lambda: cps)
+    finish(cps[0], 3)
+    committer.request()  # a shard asking after a batch: no waiting for the broker
+    await asyncio.sleep(0.01)
+    assert calls == [{0: 3}] and cps[0].committed == 0  # sent, not yet acknowledged
+    finish(cps[0], 5)
+    committer.request()
+    committer.request()  # asked twice while one is in flight: one more commit, not two
+    gate.set()
+    for _ in range(100):
+        if cps[0].committed == 5:
+            break
+        await asyncio.sleep(0.01)
+    assert calls == [{0: 3}, {0: 5}] and cps[0].committed == 5

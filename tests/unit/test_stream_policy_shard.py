@@ -97,7 +97,7 @@ def make(pool: FakePool | None = None, skip_before: float | None = None, **mappi
     destination = FakeDestination()
     events: list[str] = []
 
-    async def commit() -> None:
+    def commit() -> None:
         events.append("commit")
 
     shard = ShardProcessor(

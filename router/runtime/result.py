@@ -5,13 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from router.runtime import errors
+
 
 class UnknownFunction(KeyError):
     """Raised by the pool for a function name that is not configured."""
 
 
 # Bounded metric labels by errorType; any other function error is "error".
-_OUTCOMES = {"Sandbox.Timedout": "timeout", "Runtime.ExitError": "crash", "Runtime.OutOfMemory": "oom"}
+_OUTCOMES = {errors.TIMED_OUT: "timeout", errors.EXIT_ERROR: "crash", errors.OUT_OF_MEMORY: "oom"}
 
 
 @dataclass(slots=True)

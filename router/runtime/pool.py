@@ -184,8 +184,11 @@ class _Function:
                 self.waiters.remove(waiter)
             raise
 
-    def send(self, env: ExecutionEnvironment, request: _Request, timeout: float) -> _Started:
-        """Start `request` on `env` (which must be idle): the INVOKE goes out now."""
+    def send(self, env: ExecutionEnvironment, request: _Request, timeout: float | None = None) -> _Started:
+        """Start `request` on `env` (which must be idle): the INVOKE goes out now. The timeout is
+        the function's unless a cold start's long init took some of it."""
+        if timeout is None:
+            timeout = float(self.config.timeout)
         frame = protocol.encode_invoke(
             request.request_id, int(time.time() * 1000 + timeout * 1000), request.arn,
             request.client_context, request.event.body, request.event.format,
@@ -211,7 +214,7 @@ class _Function:
             if env is None:
                 waiter.future.set_result(None)
             else:
-                waiter.future.set_result(self.send(env, waiter.request, float(self.config.timeout)))
+                waiter.future.set_result(self.send(env, waiter.request))
             return
         if env is None:
             self.slots -= 1
@@ -351,13 +354,16 @@ class WorkerPool:
         fn.in_flight += 1
         try:
             got, env = fn.try_acquire()  # no suspension when an environment is idle: the hot path
-            if got and env is not None:
-                return await self._outcome(fn, request, fn.send(env, request, float(fn.config.timeout)), None)
-            if not got:
-                started = await fn.wait_turn(request)
-                if started is not None:
-                    return await self._outcome(fn, request, started, None)
-            return await self._run_cold(fn, request)
+            started: _Started | None
+            if env is not None:
+                started = fn.send(env, request)
+            elif got:
+                started = None  # a free slot is ours
+            else:
+                started = await fn.wait_turn(request)  # an environment, or a slot, once free
+            if started is None:
+                return await self._run_cold(fn, request)
+            return await self._outcome(fn, request, started, None)
         finally:
             fn.in_flight -= 1
 

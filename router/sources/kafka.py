@@ -71,8 +71,8 @@ def consumer_options(config: Config, name: str, mapping: StreamMapping) -> dict[
         "rebalance_timeout_ms": kafka.session_timeout_ms + timeout_ms + 5000,
         "max_poll_interval_ms": max(300_000, timeout_ms + 60_000),
         # How long the broker holds a fetch for shards that are caught up. Another fetch waits
-        # for it, so a shard resumed after a pause (router.delivery.shard) waits this long for
-        # its records: aiokafka's 500 ms starved busy shards while draining a backlog.
+        # for it, so a shard that resumes with nothing prefetched (see pause()) waits this long
+        # for its records: aiokafka's 500 ms starved busy shards while draining a backlog.
         "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
     }
 

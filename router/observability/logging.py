@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from typing import IO, Any, Literal
 
@@ -140,31 +141,66 @@ def _size_of(value: Any) -> int:
         return len(repr(value))
 
 
+# Values that cannot carry a secret: kept as they are without a call per key.
+_PLAIN = frozenset({int, float, bool, type(None)})
+# Keys the chain itself added; they carry no user data.
+_CHAIN_KEYS = frozenset({"timestamp", "level", "logger"})
+
+
 def redact_processor(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """structlog processor: mask secrets everywhere; payloads only at debug, truncated."""
     debug = method_name == "debug" or event_dict.get("level") == "debug"
-    for key in list(event_dict):
-        value = event_dict[key]
-        if key in ("timestamp", "level", "logger"):
+    # Assigning to existing keys while iterating is safe: the dict does not change size.
+    for key, value in event_dict.items():
+        if key in _CHAIN_KEYS:
             continue
-        if is_secret_key(key):
+        if _is_secret_name(key) if type(key) is str else is_secret_key(key):
             event_dict[key] = _mask(value)
-        elif key in PAYLOAD_KEYS and not isinstance(value, int | float | bool) and value is not None:
+        elif type(value) in _PLAIN:
+            continue
+        elif type(value) is str:
+            event_dict[key] = scrub_text(value)
+        elif key in PAYLOAD_KEYS:
             event_dict[key] = truncate_payload(value) if debug else f"<{_size_of(value)} bytes, debug only>"
         else:
             event_dict[key] = redact(value)
     return event_dict
 
 
-def _stable_order(
-    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """Put timestamp, level and event first, so a human scanning journald finds them."""
-    head = {k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict}
-    head.update(event_dict)
-    return head
+class _LineHead:
+    """The first three keys of every line, timestamp, level and event, in that order (a human
+    scanning journald finds them first), the timestamp as ISO 8601 UTC with microseconds.
+
+    One step instead of three processors: this runs for every line, a REPORT per invocation
+    among them. The date and time up to the second are formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        micros = int((now - second) * 1_000_000)
+        head: dict[str, Any] = {
+            "timestamp": f"{self._prefix}.{micros:06d}Z",
+            "level": _LEVEL_NAMES.get(method_name, method_name),
+        }
+        if "event" in event_dict:
+            head["event"] = event_dict.pop("event")
+        head.update(event_dict)
+        return head
+
+
+# structlog's method names where they differ from the level they log at.
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}
 
 
 def _add_stdlib_logger_name(
@@ -186,7 +222,7 @@ def _json_default(value: Any) -> Any:
 _ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False)
 
 
-def _serialize(event_dict: Any, **_: Any) -> str:
+def _render_json(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
     return _ENCODER.encode(event_dict)
 
 
@@ -209,15 +245,9 @@ def configure_logging(level: str | int = "info", fmt: LogFormat = "auto", stream
         fmt = "console" if out.isatty() else "json"
     numeric = parse_level(level)
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
-        if fmt == "console"
-        else structlog.processors.JSONRenderer(serializer=_serialize)
+        structlog.dev.ConsoleRenderer(colors=out.isatty()) if fmt == "console" else _render_json
     )
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        _add_stdlib_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    tail: list[structlog.types.Processor] = [
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
         redact_processor,
@@ -225,14 +255,14 @@ def configure_logging(level: str | int = "info", fmt: LogFormat = "auto", stream
     # structlog events are rendered directly (no hop through stdlib logging: it doubled the cost of
     # a line); stdlib records from libraries go through the same processors via the formatter below.
     structlog.configure(
-        processors=[*shared, _stable_order, renderer],
+        processors=[structlog.contextvars.merge_contextvars, _LineHead(), *tail, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _stable_order, renderer],
+        foreign_pre_chain=[_LineHead(), _add_stdlib_logger_name, *tail],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(out)
     handler.set_name(_HANDLER_NAME)

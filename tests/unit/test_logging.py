@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import warnings
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -57,6 +58,23 @@ def test_json_lines_carry_the_stable_keys(out: io.StringIO) -> None:
                        "sequence_number": "41", "request_id": "r-1", "duration_ms": 12.5,
                        "outcome": "success", "attempt": 1}.items():
         assert line[key] == value
+
+
+def test_timestamps_are_utc_with_microseconds_and_lead_every_line(out: io.StringIO) -> None:
+    configure_logging("info", "json", stream=out)
+    log = structlog.get_logger("t")
+    before = datetime.now(UTC)
+    log.warn("old.alias")
+    logging.getLogger("lib").error("from a library")
+    after = datetime.now(UTC)
+    got = lines(out)
+    assert [list(g)[:3] for g in got] == [["timestamp", "level", "event"]] * 2
+    assert [g["level"] for g in got] == ["warning", "error"]
+    for g in got:
+        # Always six fractional digits and a Z, even on a whole second (isoformat drops them).
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", g["timestamp"])
+        stamp = datetime.fromisoformat(g["timestamp"].replace("Z", "+00:00"))
+        assert before - timedelta(milliseconds=1) <= stamp <= after + timedelta(milliseconds=1)
 
 
 def test_level_filters_and_stdlib_goes_through_the_same_chain(out: io.StringIO) -> None:

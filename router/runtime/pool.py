@@ -373,10 +373,10 @@ class WorkerPool:
         timeout = float(fn.config.timeout)
         env, ready = await self._cold_start(fn, timeout)
         if isinstance(ready, Exited):
-            return self._finish(fn, request_id, self._died(fn, request_id, ready, timeout, None), None)
+            return self._finish(fn, self._died(fn, request_id, ready, timeout, None), None)
         init_ms = ready.init_ms
         if ready.error is not None:
-            return self._finish(fn, request_id, self._init_failed(request_id, ready), init_ms)
+            return self._finish(fn, self._init_failed(request_id, ready), init_ms)
         # Init past Lambda's 10 s limit is charged to the function timeout.
         timeout -= max(0.0, init_ms / 1000 - INIT_TIMEOUT_SECONDS)
         return await self._outcome(fn, request, fn.send(env, request, timeout), init_ms)
@@ -391,8 +391,8 @@ class WorkerPool:
         if isinstance(outcome, Exited):
             elapsed_ms = (time.perf_counter() - started.started) * 1000
             died = self._died(fn, request.request_id, outcome, fn.config.timeout, elapsed_ms)
-            return self._finish(fn, request.request_id, died, init_ms)
-        return self._finish(fn, request.request_id, self._completed(request, started.env, outcome), init_ms)
+            return self._finish(fn, died, init_ms)
+        return self._finish(fn, self._completed(request, started.env, outcome), init_ms)
 
     async def _cold_start(self, fn: _Function, timeout: float) -> tuple[ExecutionEnvironment, Ready | Exited]:
         spec = protocol.WorkerSpec(
@@ -494,9 +494,7 @@ class WorkerPool:
         self._count(fn.name, "throttled")
         return result
 
-    def _finish(
-        self, fn: _Function, request_id: str, result: InvocationResult, init_ms: float | None
-    ) -> InvocationResult:
+    def _finish(self, fn: _Function, result: InvocationResult, init_ms: float | None) -> InvocationResult:
         if init_ms is not None:
             result = _with_init(result, init_ms)
         fn.invocations += 1
@@ -504,10 +502,21 @@ class WorkerPool:
         self._count(fn.name, outcome)
         if fn.duration is not None:
             fn.duration.observe(result.duration_ms / 1000)
+        if fn.log_lifecycle or fn.log_report:
+            # Written after the caller has its result: a caller that invokes again at once (a
+            # stream shard, a queue drain) sends the next INVOKE first, and the line is rendered
+            # while that handler runs instead of before it starts. Still before anything the
+            # next invocation logs, which needs another turn of the event loop to arrive.
+            asyncio.get_running_loop().call_soon(self._log_end, fn, result, outcome)
+        return result
+
+    def _log_end(self, fn: _Function, result: InvocationResult, outcome: str) -> None:
+        """END (debug) and REPORT (info): Lambda's last two lines of every invocation."""
+        request_id = result.request_id
         if fn.log_lifecycle:
             fn.log.debug("invocation.end", request_id=request_id)
         if not fn.log_report:
-            return result
+            return
         report: dict[str, Any] = {
             "request_id": request_id,
             "duration_ms": round(result.duration_ms, 2),
@@ -521,7 +530,6 @@ class WorkerPool:
         if result.error_type is not None:
             report["error_type"] = result.error_type
         fn.log.info("invocation.report", **report)
-        return result
 
     def _count(self, function: str, outcome: str) -> None:
         if self._metrics is None:

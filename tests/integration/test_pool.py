@@ -562,7 +562,16 @@ async def test_handler_output_and_logging_are_captured_per_request(make_pool: Ma
     assert not any("below the root logger" in m for _, m in lines)  # root logger stays at WARNING
     assert all(e["function"] == "chatty" for e in h.logs.named("function.log"))
     assert h.logs.named("invocation.start", request_id="req-chat")
-    assert h.logs.named("invocation.end", request_id="req-chat")
+    # END and REPORT are written once the caller has its result, before the next invocation's
+    # lines, even when that caller invokes again at once.
+    second = await h.pool.invoke("chatty", {}, request_id="req-next")
+    assert second.ok
+    order = [(e["event"], e.get("request_id")) for e in h.logs.events]
+    last_of_first = max(i for i, (_, rid) in enumerate(order) if rid == "req-chat")
+    assert order[last_of_first - 1 : last_of_first + 1] == [
+        ("invocation.end", "req-chat"), ("invocation.report", "req-chat"),
+    ]
+    assert all(rid == "req-next" for _, rid in order[last_of_first + 1 :])
     (report,) = h.logs.named("invocation.report", request_id="req-chat")
     assert report["function"] == "chatty" and report["outcome"] == "success"
     assert report["memory_size_mb"] == 128 and report["max_memory_used_mb"] > 0

@@ -21,7 +21,9 @@ shaping the previous result (its latencies include that wait in the queue).
 Pool rows pass the event as the same pre-encoded JSON bytes (as stream mappings do: their batch
 builder encodes each batch once), use a real Metrics registry and a logger at WARNING (so the
 per-invocation REPORT line is not rendered); "REPORT logged" renders it through the daemon's JSON
-log pipeline to /dev/null.
+log pipeline to /dev/null, as a daemon at the default info level does (the pool writes it once
+the caller has its result, so it overlaps the next invocation instead of delaying it, but its CPU
+is in the daemon CPU column).
 "daemon CPU" is the benchmark process's CPU time per invocation: the pool's own overhead,
 independent of how fast this machine wakes a sleeping process. Goal: pool rate >= 0.5 x bare.
 """
@@ -48,6 +50,7 @@ from typing import Any
 import structlog
 
 from router import event_loop
+from router.app import tune_garbage_collector
 from router.config import Config, load_config_data
 from router.observability.logging import configure_logging
 from router.observability.metrics import Metrics
@@ -218,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; rates are their median")
     args = parser.parse_args(argv)
 
+    tune_garbage_collector()  # as `router run` does once started (every row runs in this process)
     event = make_event(args.event_bytes)
     payload = encode_event(event)
     per_round = max(1, args.invocations // args.rounds)
@@ -267,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"pool overhead over the bare round trip (1 env): p50 {overhead[0.5]:.0f} us, p99 {overhead[0.99]:.0f} us")
     goals = {label: rows[name][0] / bare_rate for label, name in (
         ("1 env", "pool, 1 env"), ("1 env with invocations queued", "pool, 1 env, 4 callers"),
-        ("2 envs", "pool, 2 envs"),
+        ("2 envs", "pool, 2 envs"), ("1 env with REPORT logged", "pool, 1 env, REPORT logged"),
     )}
     print("goal pool >= 0.5 x bare: " + ", ".join(
         f"{label} {'met' if ratio >= 0.5 else 'NOT met'} ({ratio:.2f})" for label, ratio in goals.items())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from router.observability.loop_metrics import LoopCounter, LoopHistogram
+
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 _BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
 
@@ -26,12 +28,13 @@ class Metrics:
             "router_checkpoint_sequence_number",
             "Sequence number of the last record the shard's checkpoint covers.",
             ["mapping", "shard"], registry=r)
-        self.invocations = Counter(
+        # Updated on every invocation, from the event loop only: see loop_metrics.
+        self.invocations = LoopCounter(
             "router_invocations", "Function invocations by outcome (success, error, timeout, crash, oom).",
-            ["function", "outcome"], registry=r)
-        self.invocation_duration_seconds = Histogram(
+            ["function", "outcome"], r)
+        self.invocation_duration_seconds = LoopHistogram(
             "router_invocation_duration_seconds", "Handler duration as reported in REPORT.",
-            ["function"], buckets=_DURATION_BUCKETS, registry=r)
+            ["function"], r, _DURATION_BUCKETS)
         self.batch_records = Histogram(
             "router_batch_records", "Records per stream batch sent to the function.",
             ["mapping"], buckets=_BATCH_BUCKETS, registry=r)

@@ -163,6 +163,11 @@ def _prefix(size: int) -> tuple[bytes, ...]:
     return (_LENGTH.pack(size),)
 
 
+def length_prefix(size: int) -> bytes:
+    """What precedes a message of `size` bytes on the wire."""
+    return _LENGTH.pack(size) if size <= _MAX_SHORT else b"".join(_prefix(size))
+
+
 def wire(message: bytes) -> bytes:
     """The bytes the daemon writes so that the worker's Connection.recv_bytes returns `message`."""
     return b"".join((*_prefix(len(message)), message))

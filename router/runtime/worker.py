@@ -361,6 +361,34 @@ class _Inbox:
         return self._ready.popleft()
 
 
+class _Outbox:
+    """Messages to the daemon, written straight to the connection's socket in the framing
+    Connection.send_bytes uses, without its per-call checks and Python-level write loop: the
+    RESULT of every invocation goes out this way. Small messages go out in one write; large ones
+    (a 6 MB response) as prefix and body, so the body is never copied. Callers serialise writes."""
+
+    _COPY_BELOW = 16 * 1024
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def send(self, message: bytes) -> None:
+        prefix = protocol.length_prefix(len(message))
+        if len(message) < self._COPY_BELOW:
+            data = prefix + message
+            written = os.write(self._fd, data)  # a blocking socket takes it whole, nearly always
+            if written != len(data):
+                self._write_all(data[written:])
+            return
+        self._write_all(prefix)
+        self._write_all(message)
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+
 def _error_log_text(payload: dict[str, Any]) -> str:
     """The `[ERROR] Type: message` + traceback entry awslambdaric writes to the function log."""
     lines = [f"[ERROR] {payload['errorType']}: {payload['errorMessage']}"]
@@ -375,6 +403,7 @@ def _error_log_text(payload: dict[str, Any]) -> str:
 class _Runtime:
     def __init__(self, conn: Connection, spec: protocol.WorkerSpec) -> None:
         self._conn = conn
+        self._outbox = _Outbox(conn.fileno())
         self._spec = spec
         self._send_lock = threading.Lock()
         self.request_id: str | None = None
@@ -390,7 +419,7 @@ class _Runtime:
     def send(self, kind: int, header: dict[str, Any], body: bytes = b"") -> None:
         message = protocol.encode(kind, header, body)
         with self._send_lock:
-            self._conn.send_bytes(message)
+            self._outbox.send(message)
 
     def send_log(self, stream: str, text: str) -> None:
         for start in range(0, len(text), _MAX_LOG_CHUNK):
@@ -503,7 +532,7 @@ class _Runtime:
             duration_ms, max_rss_kb, None if error is None else error["errorType"], response, raw=raw, retire=retire
         )
         with self._send_lock:
-            self._conn.send_bytes(message)
+            self._outbox.send(message)
         self.request_id = None
         return retire
 

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
 from router.config import load_config_data
 from router.events.kinesis import KinesisEventBuilder
 from router.runtime import errors, protocol, worker
-
-
-class _Sent:
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-
-    def send_bytes(self, message: bytes) -> None:
-        self.messages.append(message)
 
 
 def _invoke(event: bytes, event_format: int, handler: Any) -> protocol.Result:
@@ -26,12 +21,22 @@ def _invoke(event: bytes, event_format: int, handler: Any) -> protocol.Result:
         function_name="f", handler="m.handler", memory_size_mb=10240, timeout_seconds=3, environment={},
         log_stream_name="s", parent_pid=os.getpid(), task_root=".",
     )
-    sent = _Sent()
-    runtime = worker._Runtime(sent, spec)  # type: ignore[arg-type]
-    frame = protocol.encode_invoke("r-1", int(time.time() * 1000) + 3000, "arn", b"", event, event_format)
-    runtime.invoke(handler, protocol.decode_invoke(frame[4:]))
-    *logs, result = sent.messages  # an error is logged before its RESULT, as on Lambda
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        conn = Connection(os.dup(theirs.fileno()))
+        runtime = worker._Runtime(conn, spec)
+        frame = protocol.encode_invoke("r-1", int(time.time() * 1000) + 3000, "arn", b"", event, event_format)
+        runtime.invoke(handler, protocol.decode_invoke(frame[4:]))
+        conn.close()
+        ours.setblocking(False)
+        decoder = protocol.FrameDecoder()
+        messages: list[bytes] = []
+        with contextlib.suppress(BlockingIOError):
+            while data := ours.recv(1 << 16):
+                messages.extend(decoder.feed(data))
+    *logs, result = messages  # an error is logged before its RESULT, as on Lambda
     assert all(m[0] == protocol.LOG for m in logs)
+    assert result[0] == protocol.RESULT and decoder.pending_bytes == 0
     return protocol.decode_result(result)
 
 

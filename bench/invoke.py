@@ -24,6 +24,11 @@ per-invocation REPORT line is not rendered); "REPORT logged" renders it through 
 log pipeline to /dev/null, as a daemon at the default info level does (the pool writes it once
 the caller has its result, so it overlaps the next invocation instead of delaying it, but its CPU
 is in the daemon CPU column).
+The pinned rows repeat "bare" and "pool, 1 env" with this process on one CPU and the worker on
+another CPU, then on the same one (each against the bare round trip placed alike). Unpinned, the
+scheduler picks, and the pick moves the bare round trip by a factor of four or five: a hand-over
+on the same CPU is a plain context switch (~15 us here), to another CPU a cross-CPU wake-up. The
+pool's own Python costs the same either way, so it weighs far more against the cheap hand-over.
 "daemon CPU" is the benchmark process's CPU time per invocation: the pool's own overhead,
 independent of how fast this machine wakes a sleeping process. Goal: pool rate >= 0.5 x bare.
 """
@@ -109,8 +114,13 @@ def _spawn_echo(decode: bool) -> tuple[Connection, multiprocessing.process.BaseP
     return parent, process
 
 
-def bare_round_trips(payload: bytes, count: int, *, decode: bool = False) -> Measurement:
+def bare_round_trips(
+    payload: bytes, count: int, *, decode: bool = False, place: Placement | None = None
+) -> Measurement:
     parent, process = _spawn_echo(decode)
+    if place is not None:
+        assert process.pid is not None
+        place.child(process.pid)
     for _ in range(200):
         parent.send_bytes(payload)
         parent.recv_bytes()
@@ -162,6 +172,43 @@ async def asyncio_round_trips(payload: bytes, count: int) -> Measurement:
 
 
 # ------------------------------------------------------------------------------------------------
+# placement
+
+
+class Placement:
+    """Pins this process to one CPU and each child to `child_cpu`, for the placement rows.
+
+    Unpinned, the scheduler decides whether the two ends of a round trip share a CPU, and that
+    decides most of a bare round trip's cost: a hand-over on one CPU is a context switch, one to
+    another CPU a cross-CPU wake-up several times dearer. Pinning measures each case on purpose."""
+
+    def __init__(self, own_cpu: int, child_cpu: int) -> None:
+        self._own, self._child_cpu = own_cpu, child_cpu
+        self._saved: set[int] = set()
+
+    def __enter__(self) -> Placement:
+        self._saved = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {self._own})
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.sched_setaffinity(0, self._saved)
+
+    def child(self, pid: int) -> None:
+        os.sched_setaffinity(pid, {self._child_cpu})
+
+
+def placements() -> dict[str, tuple[int, int]] | None:
+    """(this process's CPU, the child's CPU) per placement row, or None where CPUs can't be pinned."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {"other CPU": (cpus[0], cpus[1]), "same CPU": (cpus[0], cpus[0])}
+
+
+# ------------------------------------------------------------------------------------------------
 # pool
 
 
@@ -174,12 +221,17 @@ def pool_config(code_path: Path, environments: int) -> Config:
     })
 
 
-async def pool_round_trips(config: Config, event: Any, count: int, concurrency: int, log: Any) -> Measurement:
+async def pool_round_trips(
+    config: Config, event: Any, count: int, concurrency: int, log: Any, place: Placement | None = None
+) -> Measurement:
     pool = WorkerPool(config, metrics=Metrics(), log=log)
     await pool.start()
     try:
         # Warm every environment (cold starts are not what this measures).
         await asyncio.gather(*(pool.invoke("noop", event) for _ in range(concurrency)))
+        if place is not None:
+            for pid in pool.status()["noop"]["pids"]:
+                place.child(pid)
         for _ in range(200):
             await pool.invoke("noop", event)
         latencies: list[float] = []
@@ -244,6 +296,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "pool, 2 envs": lambda: event_loop.run(pool_round_trips(two, payload, per_round, 2, quiet_logger())),
             "pool, 1 env, REPORT logged": report_logged,
         }
+        for where, (own, other) in (placements() or {}).items():
+            def bare_placed(own: int = own, other: int = other) -> Measurement:
+                with Placement(own, other) as place:
+                    return bare_round_trips(payload, per_round, place=place)
+
+            def pool_placed(own: int = own, other: int = other) -> Measurement:
+                with Placement(own, other) as place:
+                    return event_loop.run(pool_round_trips(one, payload, per_round, 1, quiet_logger(), place))
+
+            runs[f"bare, {where}"] = bare_placed
+            runs[f"pool, 1 env, {where}"] = pool_placed
         # Rounds alternate between rows so that drift on a shared machine hits every row alike.
         samples: dict[str, list[Measurement]] = {name: [] for name in runs}
         for _ in range(args.rounds):
@@ -263,9 +326,19 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"in {args.rounds} alternating rounds; "
           f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}; event loop: {loop_name()}")
     print(f"{'':28} {'inv/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'daemon CPU':>11} {'x bare':>7}")
+    placed = [name for name in rows if name.endswith("CPU")]
     for name, (rate, latencies, cpu) in rows.items():
+        if name in placed:
+            continue
         print(f"{name:28} {rate:8.0f} {percentile(latencies, 0.5) * 1000:8.3f} "
               f"{percentile(latencies, 0.99) * 1000:8.3f} {cpu * 1e6:8.0f} us {rate / bare_rate:7.2f}")
+    if placed:
+        print("pinned (this process on one CPU, the worker on another CPU or the same one; x its own bare):")
+        for name in placed:
+            rate, latencies, cpu = rows[name]
+            reference = rows["bare, " + name.rsplit(", ", 1)[1]][0]
+            print(f"{name:28} {rate:8.0f} {percentile(latencies, 0.5) * 1000:8.3f} "
+                  f"{percentile(latencies, 0.99) * 1000:8.3f} {cpu * 1e6:8.0f} us {rate / reference:7.2f}")
     pool_rate, pool_latencies, _ = rows["pool, 1 env"]
     overhead = {q: (percentile(pool_latencies, q) - percentile(bare_latencies, q)) * 1e6 for q in (0.5, 0.99)}
     print(f"pool overhead over the bare round trip (1 env): p50 {overhead[0.5]:.0f} us, p99 {overhead[0.99]:.0f} us")

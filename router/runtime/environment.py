@@ -220,8 +220,9 @@ class ExecutionEnvironment:
     def send(self, frame: bytes, timeout: float) -> asyncio.Future[protocol.Result | Exited]:
         """Start one invocation: write its INVOKE frame (protocol.encode_invoke) and arm the
         deadline. The future resolves with the RESULT, or with Exited if the environment ends
-        first (killed at the deadline, crashed). Synchronous, so the pool can start the next
-        queued invocation from inside the callback that read the previous RESULT."""
+        first (killed at the deadline, crashed); a caller that stops waiting for it calls
+        abandon(). Synchronous, so the pool can start the next queued invocation from inside the
+        callback that read the previous RESULT."""
         if self.state != "idle" or self._transport is None:
             raise RuntimeError(f"environment is {self.state}, not idle")
         self.state = "busy"
@@ -232,18 +233,10 @@ class ExecutionEnvironment:
         self._arm_deadline(self._loop.time() + timeout)
         return pending
 
-    async def outcome(self, pending: asyncio.Future[protocol.Result | Exited]) -> protocol.Result | Exited:
-        """Wait for an invocation started by send(). A caller that gives up (is cancelled) while
-        the handler still runs ends the environment: nobody would read that result."""
-        try:
-            return await pending
-        except asyncio.CancelledError:
-            self.abandon(pending)
-            raise
-
     def abandon(self, pending: asyncio.Future[protocol.Result | Exited]) -> None:
-        """The caller of the invocation behind `pending` is gone: if it is still running, end
-        the environment (by now it may have finished, and the environment moved on to another)."""
+        """The caller of the invocation behind `pending` gave up (was cancelled) waiting for it:
+        if it is still running, end the environment, since nobody would read that result (by now
+        it may have finished, and the environment moved on to another)."""
         if self._pending is pending:
             self.kill("cancelled")
 

@@ -387,7 +387,11 @@ class WorkerPool:
         """Wait for a started invocation. The environment is not released here: it frees itself
         the moment its RESULT is read (ExecutionEnvironment's on_idle), so a queued invocation
         is already running while this one's result is being shaped."""
-        outcome = await started.env.outcome(started.pending)
+        try:
+            outcome = await started.pending
+        except asyncio.CancelledError:
+            started.env.abandon(started.pending)  # nobody will read its result
+            raise
         if isinstance(outcome, Exited):
             elapsed_ms = (time.perf_counter() - started.started) * 1000
             died = self._died(fn, request.request_id, outcome, fn.config.timeout, elapsed_ms)
@@ -407,7 +411,7 @@ class WorkerPool:
             code_path=fn.code_path,
             data_limit_bytes=(fn.config.memory_size * _DATA_LIMIT_FACTOR + _DATA_LIMIT_SLACK_MB) * _MB,
         )
-        env = ExecutionEnvironment(spec, self._mp, on_log=self._on_log, on_exit=self._on_exit, on_idle=self._on_idle)
+        env = ExecutionEnvironment(spec, self._mp, on_log=self._on_log, on_exit=self._on_exit, on_idle=fn.release)
         fn.cold_starts += 1
         try:
             fn.envs.add(env)
@@ -553,9 +557,6 @@ class WorkerPool:
         messages = [text] if stream == "log" else text.split("\n")
         for message in messages:
             fn.log.info("function.log", request_id=request_id, stream=stream, message=message)
-
-    def _on_idle(self, env: ExecutionEnvironment) -> None:
-        self._functions[env.spec.function_name].release(env)
 
     def _on_exit(self, env: ExecutionEnvironment, exited: Exited) -> None:
         fn = self._functions[env.spec.function_name]

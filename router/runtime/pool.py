@@ -40,7 +40,7 @@ import structlog
 
 from router.config import Config, FunctionConfig
 from router.observability.metrics import Metrics
-from router.runtime import errors, protocol
+from router.runtime import errors, fast_json, protocol
 from router.runtime.context import FUNCTION_VERSION, new_log_stream_name
 from router.runtime.environment import ExecutionEnvironment, Exited, Ready
 from router.runtime.request_ids import RequestIds
@@ -247,6 +247,7 @@ class WorkerPool:
         self._watchdog: asyncio.Task[None] | None = None
         self._outcome_counters: dict[tuple[str, str], Any] = {}
         self._request_ids = RequestIds()
+        self._loads = fast_json.json_loads()  # responses
 
     def _function(self, name: str, fc: FunctionConfig) -> _Function:
         cwd = Path.cwd()
@@ -438,7 +439,7 @@ class WorkerPool:
             )
         else:
             body = result.body
-            payload = body if result.raw else None if body == b"null" else json.loads(body)
+            payload = body if result.raw else None if body == b"null" else self._loads(body)
         return InvocationResult(
             request_id=request.request_id,
             payload=payload,

@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
 from router.events import kinesis_batch
-from router.runtime import errors, protocol
+from router.runtime import errors, fast_json, protocol
 from router.runtime.context import LambdaContext
 
 _PR_SET_PDEATHSIG = 1
@@ -265,15 +265,8 @@ def _marshal(response: Any) -> tuple[bytes, bool]:
         raise _Fault(errors.MARSHAL_ERROR, f"Unable to marshal response: {exc}") from None
 
 
-def _json_event(body: bytes) -> Any:
-    # Lambda takes UTF-8 only; decoding first also skips json.loads' encoding sniffing.
-    return json.loads(body.decode())
-
-
-_EVENT_DECODERS: dict[int, Callable[[bytes], Any]] = {
-    protocol.EVENT_JSON: _json_event,
-    protocol.EVENT_KINESIS_BATCH: kinesis_batch.decode,
-}
+def _event_decoders(json_loads: Callable[[bytes], Any]) -> dict[int, Callable[[bytes], Any]]:
+    return {protocol.EVENT_JSON: json_loads, protocol.EVENT_KINESIS_BATCH: kinesis_batch.decode}
 
 
 class _PeakRss:
@@ -413,6 +406,8 @@ class _Runtime:
         self._log_group_name = spec.environment.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
         self._stdout: TextIO = sys.stdout
         self._stderr: TextIO = sys.stderr
+        # json's until the handler has been imported (see fast_json for why not before).
+        self._decoders = _event_decoders(fast_json.strict_loads)
 
     # -- talking to the daemon --------------------------------------------------------------------
 
@@ -457,6 +452,7 @@ class _Runtime:
         except Exception as exc:
             error = errors.error_payload(str(exc), type(exc).__name__, "", _user_stack(exc.__traceback__))
         else:
+            self._decoders = _event_decoders(fast_json.json_loads())
             self.flush_output()
             self.send(protocol.READY, {"ok": True, "import_ms": (time.perf_counter() - started) * 1000,
                                        "rss_kb": self._peak_rss.kb()})
@@ -505,7 +501,7 @@ class _Runtime:
                 log_sink=self._context_log,
             )
             try:
-                event = _EVENT_DECODERS[request.event_format](request.event)
+                event = self._decoders[request.event_format](request.event)
             except (ValueError, KeyError, struct.error) as exc:
                 raise _Fault(errors.UNMARSHAL_ERROR, f"Unable to unmarshal input: {exc}") from None
             result = handler(event, context)

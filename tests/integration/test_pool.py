@@ -603,6 +603,22 @@ async def test_a_chatty_handler_does_not_block_the_event_loop(make_pool: MakePoo
     assert max(gaps) < 0.5
 
 
+async def test_a_function_that_ships_its_own_orjson_gets_that_one(make_pool: MakePool, tmp_path: Path) -> None:
+    # The worker decodes events with orjson, but imports it only after the handler's init, so the
+    # function's code path decides which module `orjson` is, as it would on Lambda. This one is
+    # not even a JSON library: events must still arrive decoded (by json).
+    (tmp_path / "orjson.py").write_text('WHOSE = "the function\'s own"\n')
+    (tmp_path / "vendored.py").write_text(
+        "import orjson\n\ndef handler(event, context):\n    return {'whose': orjson.WHOSE, 'event': event}\n"
+    )
+    h = await make_pool(vendored={"handler": "vendored.handler", "code_path": str(tmp_path)})
+    event = {"n": 1, "nested": {"list": [1.5, "x", None, True]}}
+    for _ in range(2):  # the first invocation ends init, the second runs warm
+        result = await h.pool.invoke("vendored", event)
+        assert result.ok, result.payload
+        assert result.payload == {"whose": "the function's own", "event": event}
+
+
 async def test_big_event_and_big_response(make_pool: MakePool) -> None:
     h = await make_pool(echo={"handler": "basic.echo"}, big={"handler": "basic.big_response"})
     blob = "e" * (5 * 1024 * 1024)

@@ -13,7 +13,7 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from typing import Generic, TypeVar, cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -50,13 +50,20 @@ class HistogramChild:
         self.sum += amount
 
 
-class _Labelled:
+Child = TypeVar("Child", CounterChild, HistogramChild)
+
+
+class _Labelled(Generic[Child]):
+    """One child per combination of label values, made on first use by `_new_child`."""
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], Child] = {}
 
-    def _key(self, values: tuple[str, ...], named: dict[str, str]) -> tuple[str, ...]:
+    def labels(self, *values: str, **named: str) -> Child:
+        """The child for these label values (by position or by name); callers keep it."""
         if values and named:
             raise ValueError("labels: pass values by position or by name, not both")
         if named:
@@ -65,25 +72,27 @@ class _Labelled:
             values = tuple(named[n] for n in self._labelnames)
         if len(values) != len(self._labelnames):
             raise ValueError(f"labels: expected {len(self._labelnames)} values, got {len(values)}")
-        return tuple(str(v) for v in values)
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new_child()
+        return child
+
+    def _new_child(self) -> Child:
+        raise NotImplementedError
 
 
-class LoopCounter(_Labelled):
-    """A labelled counter; `labels(...)` children are meant to be kept by the caller."""
+class LoopCounter(_Labelled[CounterChild]):
+    """A labelled counter."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
         super().__init__(name, documentation, labelnames)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
         registry.register(self)
 
-    def labels(self, *values: str, **named: str) -> CounterChild:
-        key = self._key(values, named)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = CounterChild()
-        return child
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
@@ -95,7 +104,7 @@ class LoopCounter(_Labelled):
         yield family
 
 
-class LoopHistogram(_Labelled):
+class LoopHistogram(_Labelled[HistogramChild]):
     """A labelled histogram with fixed buckets (an +Inf bucket is added)."""
 
     def __init__(
@@ -108,15 +117,10 @@ class LoopHistogram(_Labelled):
             bounds.append(math.inf)
         self._bounds = tuple(bounds)
         self._le = tuple(_bound_text(b) for b in bounds)
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
         registry.register(self)
 
-    def labels(self, *values: str, **named: str) -> HistogramChild:
-        key = self._key(values, named)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = HistogramChild(self._bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self._bounds)
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)

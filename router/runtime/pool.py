@@ -115,6 +115,7 @@ class _Started:
     env: ExecutionEnvironment
     pending: asyncio.Future[protocol.Result | Exited]
     started: float  # perf_counter at send
+    init_ms: float | None = None  # set when the environment was started for this invocation
 
 
 @dataclass(slots=True, eq=False)
@@ -363,13 +364,29 @@ class WorkerPool:
             else:
                 started = await fn.wait_turn(request)  # an environment, or a slot, once free
             if started is None:
-                return await self._run_cold(fn, request)
-            return await self._outcome(fn, request, started, None)
+                cold = await self._start_cold(fn, request)
+                if isinstance(cold, InvocationResult):
+                    return cold  # the environment never got ready
+                started = cold
+            # The environment is not released after this: it frees itself the moment its RESULT
+            # is read (ExecutionEnvironment's on_idle), so a queued invocation is already running
+            # while this one's result is being shaped.
+            try:
+                outcome = await started.pending
+            except asyncio.CancelledError:
+                started.env.abandon(started.pending)  # nobody will read its result
+                raise
+            if isinstance(outcome, Exited):
+                elapsed_ms = (time.perf_counter() - started.started) * 1000
+                died = self._died(fn, request.request_id, outcome, fn.config.timeout, elapsed_ms)
+                return self._finish(fn, died, started.init_ms)
+            return self._finish(fn, self._completed(request, started.env, outcome), started.init_ms)
         finally:
             fn.in_flight -= 1
 
-    async def _run_cold(self, fn: _Function, request: _Request) -> InvocationResult:
-        """One invocation on a new environment, started in the slot we hold."""
+    async def _start_cold(self, fn: _Function, request: _Request) -> _Started | InvocationResult:
+        """Start a new environment in the slot we hold and send it the invocation, or say why
+        the invocation failed if the environment never got ready."""
         request_id = request.request_id
         timeout = float(fn.config.timeout)
         env, ready = await self._cold_start(fn, timeout)
@@ -380,24 +397,9 @@ class WorkerPool:
             return self._finish(fn, self._init_failed(request_id, ready), init_ms)
         # Init past Lambda's 10 s limit is charged to the function timeout.
         timeout -= max(0.0, init_ms / 1000 - INIT_TIMEOUT_SECONDS)
-        return await self._outcome(fn, request, fn.send(env, request, timeout), init_ms)
-
-    async def _outcome(
-        self, fn: _Function, request: _Request, started: _Started, init_ms: float | None
-    ) -> InvocationResult:
-        """Wait for a started invocation. The environment is not released here: it frees itself
-        the moment its RESULT is read (ExecutionEnvironment's on_idle), so a queued invocation
-        is already running while this one's result is being shaped."""
-        try:
-            outcome = await started.pending
-        except asyncio.CancelledError:
-            started.env.abandon(started.pending)  # nobody will read its result
-            raise
-        if isinstance(outcome, Exited):
-            elapsed_ms = (time.perf_counter() - started.started) * 1000
-            died = self._died(fn, request.request_id, outcome, fn.config.timeout, elapsed_ms)
-            return self._finish(fn, died, init_ms)
-        return self._finish(fn, self._completed(request, started.env, outcome), init_ms)
+        started = fn.send(env, request, timeout)
+        started.init_ms = init_ms
+        return started
 
     async def _cold_start(self, fn: _Function, timeout: float) -> tuple[ExecutionEnvironment, Ready | Exited]:
         spec = protocol.WorkerSpec(

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping, MutableMapping
 from typing import IO, Any, Literal
 
+import orjson
 import structlog
 from pydantic import BaseModel, SecretBytes, SecretStr
 
@@ -223,7 +224,13 @@ _ENCODER = json.JSONEncoder(default=_json_default, ensure_ascii=False)
 
 
 def _render_json(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
-    return _ENCODER.encode(event_dict)
+    """One line of JSON. orjson renders a line in a fifth of json's time; what it refuses
+    (integers past 64 bits, lone surrogates) json renders, so no event is ever lost to rendering.
+    By now redaction has turned every value into str, number, bool, None, dict or list."""
+    try:
+        return orjson.dumps(event_dict, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return _ENCODER.encode(event_dict)
 
 
 def parse_level(level: str | int) -> int:

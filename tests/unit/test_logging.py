@@ -77,6 +77,21 @@ def test_timestamps_are_utc_with_microseconds_and_lead_every_line(out: io.String
         assert before - timedelta(milliseconds=1) <= stamp <= after + timedelta(milliseconds=1)
 
 
+def test_every_value_renders_including_what_orjson_refuses(out: io.StringIO) -> None:
+    configure_logging("info", "json", stream=out)
+    log = structlog.get_logger("t")
+    log.info("plain", n=1, ratio=0.5, ok=True, none=None, items=[1, "two"], nested={"a": {"b": 2}}, text="café")
+    log.info("int.keys", counts={404: 2, 500: 1})
+    log.info("huge", offset=2**70)  # past 64 bits: orjson refuses, json renders
+    got = lines(out)
+    assert [g["event"] for g in got] == ["plain", "int.keys", "huge"]
+    assert got[0]["items"] == [1, "two"] and got[0]["nested"] == {"a": {"b": 2}} and got[0]["text"] == "café"
+    assert got[0]["ratio"] == 0.5 and got[0]["ok"] is True and got[0]["none"] is None
+    assert got[1]["counts"] == {"404": 2, "500": 1}
+    assert got[2]["offset"] == 2**70
+    assert "café" in out.getvalue()  # UTF-8 as is, not \u escapes
+
+
 def test_level_filters_and_stdlib_goes_through_the_same_chain(out: io.StringIO) -> None:
     configure_logging("info", "json", stream=out)
     log = structlog.get_logger("router.test")

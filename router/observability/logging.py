@@ -161,10 +161,10 @@ def redact_processor(
             event_dict[key] = _mask(value)
         elif type(value) in _PLAIN:
             continue
-        elif type(value) is str:
-            event_dict[key] = scrub_text(value)
         elif key in PAYLOAD_KEYS:
             event_dict[key] = truncate_payload(value) if debug else f"<{_size_of(value)} bytes, debug only>"
+        elif type(value) is str:
+            event_dict[key] = scrub_text(value)
         else:
             event_dict[key] = redact(value)
     return event_dict

@@ -178,6 +178,11 @@ def test_payloads_only_at_debug_and_truncated(out: io.StringIO) -> None:
     assert info["records"] == 3  # a count is not a payload
     assert debug["payload"].startswith('{"Records"')
     assert len(debug["payload"]) < 600 and debug["payload"].endswith("more chars]")
+    # Payloads that arrive as text or bytes are payloads too.
+    log.info("webhook", body='{"EventName": "s3:ObjectCreated:Put", "Key": "secret-plan.pdf"}', payload=b"raw bytes")
+    text = lines(out)[2]
+    assert text["body"] == "<63 bytes, debug only>" and text["payload"] == "<9 bytes, debug only>"
+    assert "secret-plan" not in out.getvalue().splitlines()[2]
 
 
 def test_console_format_is_readable_and_redacted(out: io.StringIO) -> None:

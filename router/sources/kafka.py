@@ -147,16 +147,17 @@ class Committer:
         self._lock = asyncio.Lock()
         self._queued: asyncio.Task[None] | None = None
 
-    def schedule(self) -> asyncio.Task[None]:
+    def request(self) -> None:
+        """Commit soon, without waiting (a shard after each batch, the probe after an outage). A
+        shard that waited for every commit's round trip before its next batch spent a fifth of a
+        backlog drain idle; nothing needs the commit to have landed first (a checkpoint only ever
+        trails what is done)."""
+        self._flush_task()
+
+    def _flush_task(self) -> asyncio.Task[None]:
         if self._queued is None:
             self._queued = asyncio.get_running_loop().create_task(self._run())
         return self._queued
-
-    def request(self) -> None:
-        """A shard finished a batch: commit soon, without waiting. A shard that waited for every
-        commit's round trip before its next batch spent a fifth of a backlog drain idle; nothing
-        needs the commit to have landed first (a checkpoint only ever trails what is done)."""
-        self.schedule()
 
     async def _run(self) -> None:
         async with self._lock:
@@ -170,7 +171,7 @@ class Committer:
 
     async def flush(self, timeout: float = COMMIT_WAIT_SECONDS) -> None:
         """Commit what is done now; give up waiting after `timeout` (the flush goes on)."""
-        await asyncio.wait({self.schedule()}, timeout=timeout)
+        await asyncio.wait({self._flush_task()}, timeout=timeout)
 
     def dirty(self) -> bool:
         return any(cp.dirty for cp in self._checkpoints().values())
@@ -349,19 +350,16 @@ class KafkaStreamSource:
         return fetch.result() if not fetch.cancelled() else {}
 
     async def _wait_for_room(self, consumer: AIOKafkaConsumer) -> None:
-        """Every shard is full: wait for one to make room. The group drops a member that stops
-        calling getmany for max_poll_interval_ms, so a wait that lasts calls it now and then
-        (which makes the consumer drop what it holds for the paused shards: refetched later)."""
-        while not self._stopping.is_set():
-            assigned = consumer.assignment()
-            if not assigned or any(tp.partition not in self._full for tp in assigned):
-                return
-            self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), POLL_KEEPALIVE_SECONDS)
-            except TimeoutError:
-                with contextlib.suppress(KafkaError):
-                    await consumer.getmany(timeout_ms=0)
+        """Every shard is full: wait for one to make room (or the assignment to change). The
+        group drops a member that stops calling getmany for max_poll_interval_ms, so after a
+        while it is called once anyway (which makes the consumer drop what it holds for the
+        paused shards: refetched later) and the fetch loop looks again."""
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), POLL_KEEPALIVE_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(KafkaError):
+                await consumer.getmany(timeout_ms=0)
 
     # -- rebalance ---------------------------------------------------------------------------------
 
@@ -523,7 +521,7 @@ class KafkaStreamSource:
                 continue
             self._set_connected(True)
             if self.committer.dirty():
-                self.committer.schedule()
+                self.committer.request()
             if self._unstarted:
                 await self._retry_unstarted(consumer)
 

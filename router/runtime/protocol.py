@@ -115,7 +115,7 @@ def encode_invoke(
     rid, arn_b, cc = request_id.encode(), arn.encode(), client_context
     head = _INVOKE.pack(INVOKE, event_format, deadline_ms, len(rid), len(arn_b), len(cc))
     size = len(head) + len(rid) + len(arn_b) + len(cc) + len(event)
-    return b"".join((*_prefix(size), head, rid, arn_b, cc, event))
+    return b"".join((length_prefix(size), head, rid, arn_b, cc, event))
 
 
 def decode_invoke(message: bytes) -> Invoke:
@@ -157,20 +157,16 @@ def decode(message: bytes) -> Frame:
     return Frame(message[0], header, message[5 + size :])
 
 
-def _prefix(size: int) -> tuple[bytes, ...]:
-    if size > _MAX_SHORT:
-        return (_LENGTH.pack(-1), _LONG_LENGTH.pack(size))
-    return (_LENGTH.pack(size),)
-
-
 def length_prefix(size: int) -> bytes:
     """What precedes a message of `size` bytes on the wire."""
-    return _LENGTH.pack(size) if size <= _MAX_SHORT else b"".join(_prefix(size))
+    if size > _MAX_SHORT:
+        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(size)
+    return _LENGTH.pack(size)
 
 
 def wire(message: bytes) -> bytes:
     """The bytes the daemon writes so that the worker's Connection.recv_bytes returns `message`."""
-    return b"".join((*_prefix(len(message)), message))
+    return length_prefix(len(message)) + message
 
 
 class FrameDecoder:

@@ -45,6 +45,14 @@ def test_decoder_understands_the_long_length_form() -> None:
     assert decoder.feed(stream[7:]) == [body]
 
 
+def test_prefixes_are_the_connections_short_and_long_forms() -> None:
+    # As multiprocessing.connection frames: a signed 4-byte length, or -1 and an 8-byte one
+    # past 2 GiB - 1.
+    assert protocol.length_prefix(10) == struct.pack("!i", 10)
+    assert protocol.length_prefix(0x7FFFFFFF) == struct.pack("!i", 0x7FFFFFFF)
+    assert protocol.length_prefix(0x80000000) == struct.pack("!i", -1) + struct.pack("!Q", 0x80000000)
+
+
 def test_wire_format_is_what_a_multiprocessing_connection_reads() -> None:
     reader, writer = Pipe(duplex=False)
     assert isinstance(writer, Connection)

@@ -433,7 +433,7 @@ class WorkerPool:
     def _completed(self, request: _Request, env: ExecutionEnvironment, result: protocol.Result) -> InvocationResult:
         duration_ms = result.duration_ms
         error_type = result.error_type
-        max_memory_used_mb = _mb(max(result.max_rss_kb * 1024, env.peak_rss_bytes))
+        max_memory_used_mb = _mb(env.peak_rss_bytes)  # already folds in this RESULT's peak
         if error_type is None and request.synchronous and len(result.body) > MAX_RESPONSE_BYTES:
             error_type = errors.RESPONSE_TOO_LARGE
             payload: Any = errors.error_payload(

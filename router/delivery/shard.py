@@ -34,10 +34,11 @@ from typing import Any
 import structlog
 
 from router.config import Config, StreamMapping
+from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
 from router.delivery.destinations import Destination
 from router.delivery.stream_failure import FailureWriter, failure_record
-from router.delivery.stream_retries import Abandoned, Backoff, Discard, StreamBatchPolicy
+from router.delivery.stream_retries import Abandoned, Discard, StreamBatchPolicy
 from router.events.kinesis import (
     MAX_INVOCATION_PAYLOAD_BYTES,
     KinesisEventBuilder,
@@ -118,7 +119,7 @@ class ShardProcessor:
         self.high_watermark: int | None = None
         self.iterator_age: float | None = None
         self.last_error: str | None = None
-        backoff = Backoff(mapping.retry_base_delay_seconds, mapping.retry_max_delay_seconds)
+        backoff = Backoff(mapping.retry_base_delay_seconds, mapping.retry_max_delay_seconds, jitter=True)
         self._writer = FailureWriter(on_failure, mapping=name, shard_id=self.shard_id, metrics=metrics,
                                      backoff=backoff, sleep=self._sleep, log=self._log)
         self._policy = StreamBatchPolicy(
@@ -312,7 +313,7 @@ class ShardProcessor:
     async def _discard(self, discard: Discard) -> None:
         records = discard.records
         record = failure_record(
-            condition=discard.condition,  # type: ignore[arg-type]
+            condition=discard.condition,
             function_arn=self._function_arn, shard_id=self.shard_id, stream_arn=self.builder.stream_arn,
             records=records,
             # A record too large to invoke would make the failure record too large to write as well;

@@ -28,7 +28,6 @@ it is written); done records go to `done` (which moves the checkpoint). Stopping
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -37,8 +36,10 @@ from typing import Any
 import structlog
 
 from router.config import StreamMapping
+from router.delivery.backoff import Backoff
 from router.delivery.batch_item_failures import SUCCESS, ItemFailures, parse_batch_item_failures
 from router.delivery.record_age import split_expired
+from router.delivery.stream_failure import Condition
 from router.events.kinesis import StreamRecord
 from router.observability.metrics import Metrics
 from router.runtime.result import InvocationResult
@@ -48,23 +49,9 @@ class Abandoned(Exception):
     """The shard is stopping; leave the remaining records undone (the checkpoint stays)."""
 
 
-class Backoff:
-    """Capped exponential backoff with equal jitter: delay n is in [d/2, d], d = min(cap, base*2^(n-1))."""
-
-    def __init__(self, base: float, cap: float, rng: Callable[[], float] = random.random) -> None:
-        self.base = base
-        self.cap = cap
-        self._rng = rng
-
-    def delay(self, n: int) -> float:
-        ceiling = min(self.cap, self.base * 2.0 ** min(max(n, 1) - 1, 62))
-        jitter: float = self._rng()
-        return ceiling / 2 + jitter * ceiling / 2
-
-
 @dataclass(frozen=True, slots=True)
 class Discard:
-    condition: str  # RetryAttemptsExhausted | RecordAgeExceeded | MaximumPayloadSizeExceeded
+    condition: Condition
     records: list[StreamRecord]
     approximate_invoke_count: int
     last_result: InvocationResult | None

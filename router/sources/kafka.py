@@ -34,8 +34,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from router.config import Config, KafkaConfig, StreamMapping
+from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
-from router.delivery.stream_retries import Backoff
 from router.kafka_client import client_options
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
@@ -221,7 +221,7 @@ class KafkaStreamSource:
         self._room = asyncio.Event()  # set when a full shard makes room or the assignment changes
         self.state = "Creating"
         self.last_error: str | None = None
-        self._backoff = Backoff(0.5, 30.0)
+        self._backoff = Backoff(0.5, 30.0, jitter=True)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 

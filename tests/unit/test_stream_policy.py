@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from router.config import StreamMapping
-from router.delivery.stream_retries import Abandoned, Backoff, Discard, StreamBatchPolicy
+from router.delivery.backoff import Backoff
+from router.delivery.stream_retries import Abandoned, Discard, StreamBatchPolicy
 from router.events.kinesis import StreamRecord
 from router.observability.metrics import Metrics
 from router.runtime.result import InvocationResult
@@ -54,7 +55,7 @@ class Harness:
         self.raise_before: int = 0
         self.policy = StreamBatchPolicy(
             self.mapping, invoke=self._invoke, discard=self._discard, done=self._done, sleep=self._sleep,
-            now=lambda: self.clock, backoff=Backoff(1.0, 8.0, rng=lambda: 1.0), metrics=self.metrics,
+            now=lambda: self.clock, backoff=Backoff(1.0, 8.0, jitter=True, rng=lambda: 1.0), metrics=self.metrics,
             mapping_name="m",
         )
 
@@ -111,7 +112,7 @@ async def test_backoff_grows_exponentially_and_is_capped() -> None:
     h = Harness(lambda s, a: error(), maximum_retry_attempts=6)
     await h.policy.run(records([1]))
     assert h.sleeps == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
-    jittered = Backoff(2.0, 100.0, rng=lambda: 0.0)
+    jittered = Backoff(2.0, 100.0, jitter=True, rng=lambda: 0.0)
     assert [jittered.delay(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
     assert Backoff(0.0, 10.0).delay(5) == 0.0
 

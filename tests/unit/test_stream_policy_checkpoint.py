@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
 from router.delivery.destinations import DestinationError
 from router.delivery.stream_failure import FailureWriter, failure_record, iso_millis
-from router.delivery.stream_retries import Backoff
 from router.events.kinesis import StreamRecord
 from router.observability.metrics import Metrics
 from router.runtime.result import InvocationResult
@@ -110,7 +110,7 @@ async def test_failure_writer_retries_a_destination_until_written() -> None:
 
     metrics = Metrics()
     writer = FailureWriter(dest, mapping="m", shard_id="shardId-000000000000", metrics=metrics,
-                           backoff=Backoff(0.5, 2.0, rng=lambda: 1.0), sleep=sleep)
+                           backoff=Backoff(0.5, 2.0, jitter=True, rng=lambda: 1.0), sleep=sleep)
     record = failure_record(condition="RecordAgeExceeded", function_arn="a", shard_id="shardId-000000000000",
                             stream_arn="x", records=_records(), payload={}, approximate_invoke_count=1,
                             last_result=None, now=0.0)

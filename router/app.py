@@ -1,12 +1,16 @@
 """The composition root: builds every part from the config and owns the lifecycle.
 
 Nothing else in the package constructs long-lived collaborators or reads the environment; each part
-gets what it needs here. Start order goes from the inside out (pool, queue, destinations, invoker,
-then sources and the HTTP server that feed them) and stop order is the reverse, so work that was
-accepted always has somewhere to go until it is finished or checkpointed.
+gets what it needs here. Start order goes from the inside out (HTTP port, pool, queue, invoker,
+then the mapping supervisor, which starts the sources that feed them) and stop order is the
+reverse, so work that was accepted always has somewhere to go until it is finished or
+checkpointed. A step that fails at startup unwinds every step before it and ends the daemon with
+one line naming what failed.
 
 Signals: the first SIGTERM/SIGINT starts a drain bounded by `shutdown_timeout_seconds`; a second
 one exits at once. Exiting at once is safe because nothing is checkpointed or acknowledged early.
+SIGHUP re-reads the config file and applies what changed (`router.reload`): an invalid file
+changes nothing, sections that need a restart are named in the log, the rest goes live.
 """
 
 from __future__ import annotations
@@ -16,17 +20,19 @@ import contextlib
 import gc
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from router import event_loop
-from router.config import Config
+from router.config import Config, ConfigError
+from router.delivery.async_delivery import AsyncDelivery
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.async_queue import AsyncQueue
 from router.delivery.dead_letter import DeadLetter
@@ -35,11 +41,12 @@ from router.observability.http import AdminEndpoints, start_http
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.observability.sdnotify import SystemdNotifier, watchdog_loop
+from router.reload import plan_reload
 from router.runtime.pool import WorkerPool
 from router.sources.bucket_notifications import NotificationRouter
 from router.sources.mqtt import MqttNotificationSource
-from router.sources.stream_mapping import StreamMappingRunner
 from router.sources.webhook import WebhookReceiver
+from router.supervisor import MappingSupervisor
 
 log = structlog.get_logger("router.app")
 
@@ -48,14 +55,14 @@ EXIT_STALLED = 3
 EXIT_SECOND_SIGNAL = 130
 # Collector thresholds for a running daemon; see tune_garbage_collector.
 GC_THRESHOLDS = (10_000, 10, 10)
+# How often the stall watch looks at the progress board.
+STALL_WATCH_INTERVAL = 5.0
+
+ConfigLoader = Callable[[], Config]
 
 
 class StartupError(Exception):
     """A problem that stops the daemon from starting; its message is the one line shown."""
-
-
-class _Stoppable(Protocol):
-    async def stop(self, timeout: float) -> None: ...
 
 
 def prepare_state_dir(path: Path) -> Path:
@@ -78,39 +85,21 @@ class Router:
     board: ProgressBoard
     pool: WorkerPool
     destinations: DestinationFactory
-    queue: AsyncQueue | None = None
-    invoker: AsyncInvoker | None = None
-    notification_router: NotificationRouter | None = None
+    queue: AsyncQueue
+    invoker: AsyncInvoker
+    notifications: NotificationRouter
+    supervisor: MappingSupervisor
+    webhooks: WebhookReceiver
     mqtt: MqttNotificationSource | None = None
-    webhooks: WebhookReceiver | None = None
-    streams: dict[str, StreamMappingRunner] = field(default_factory=dict)
     http_runner: web.AppRunner | None = None
     started: bool = False
 
     # -- status -----------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        mappings: dict[str, Any] = {}
-        for name, runner in self.streams.items():
-            mappings[name] = {"kind": "stream", **runner.status()}
-        invoker_status = self.invoker.status() if self.invoker else {}
-        for name, mapping in self.config.bucket_mappings().items():
-            queue = dict(invoker_status.get("mappings", {}).get(name, {}))
-            queue.pop("function", None)
-            mappings[name] = {
-                "kind": "bucket",
-                "function": mapping.function_name,
-                "state": "Enabled" if mapping.enabled else "Disabled",
-                "transport": mapping.bucket_notifications.transport,
-                "queue": queue,
-                "last_error": queue.pop("last_error", None),
-            }
-        for name, stream in self.config.stream_mappings().items():
-            if name not in mappings:
-                mappings[name] = {"kind": "stream", "function": stream.function_name, "state": "Disabled"}
         brokers = {t.name: {"up": t.up, "detail": t.detail} for t in self.board.trackers() if t.kind == "broker"}
         return {
-            "mappings": mappings,
+            "mappings": self.supervisor.status(),
             "brokers": brokers,
             "functions": self.pool.status(),
             "problems": self.board.problems(),
@@ -120,67 +109,84 @@ class Router:
         return self.started
 
 
+def build_async_invoker(config: Config, queue: AsyncQueue, pool: WorkerPool, destinations: DestinationFactory, *,
+                        metrics: Metrics, board: ProgressBoard) -> AsyncInvoker:
+    """The asynchronous invoker with a lane for each of `config`'s bucket mappings (the supervisor
+    changes them later); also what the queue's own tests run."""
+    delivery = AsyncDelivery(queue, destinations, metrics=metrics,
+                             function_arn=lambda function: config.function_arn(function, "$LATEST"))
+    invoker = AsyncInvoker(queue, pool, delivery, concurrency=pool.reserved_concurrency, metrics=metrics,
+                           board=board)
+    for name, mapping in config.bucket_mappings().items():
+        invoker.set_lane(name, mapping.function_name, mapping, enabled=mapping.enabled)
+    # Look for new events as soon as they are committed, not only after their fsync.
+    queue.on_committed = invoker.wake
+    return invoker
+
+
 async def build(config: Config) -> Router:
+    """Every part, wired; nothing started and no connection made yet."""
     state_dir = prepare_state_dir(config.state_dir)
     metrics = Metrics()
     board = ProgressBoard(config.stall_timeout_seconds)
     pool = WorkerPool(config, metrics=metrics)
     destinations = DestinationFactory(config, metrics=metrics)
-    app = Router(config=config, metrics=metrics, board=board, pool=pool, destinations=destinations)
-
-    buckets = {n: m for n, m in config.bucket_mappings().items() if m.enabled}
-    if buckets:
-        app.queue = AsyncQueue(state_dir / "async-queue.sqlite3")
-        app.invoker = AsyncInvoker(config, app.queue, pool, destinations, metrics=metrics, board=board)
-        invoker = app.invoker
-        app.notification_router = NotificationRouter(
-            config, app.queue, DeadLetter(state_dir / "dead-letter", metrics=metrics),
-            metrics=metrics, on_enqueued=invoker.wake,
-        )
-        if any(m.bucket_notifications.transport == "mqtt" for m in buckets.values()):
-            app.mqtt = MqttNotificationSource(config, app.notification_router, metrics=metrics, board=board)
-        if any(m.bucket_notifications.transport == "webhook" for m in buckets.values()):
-            app.webhooks = WebhookReceiver(config, app.notification_router, metrics=metrics)
-
-    for name, mapping in config.stream_mappings().items():
-        if not mapping.enabled:
-            log.info("mapping.disabled", mapping=name, function=mapping.function_name)
-            continue
-        target = mapping.destination_config.on_failure
-        on_failure = destinations.get(target.destination) if target else None
-        app.streams[name] = StreamMappingRunner(
-            name, mapping, config, pool, on_failure, metrics=metrics, board=board
-        )
-    return app
+    queue = AsyncQueue(state_dir / "async-queue.sqlite3", metrics=metrics)
+    invoker = build_async_invoker(config, queue, pool, destinations, metrics=metrics, board=board)
+    notifications = NotificationRouter(
+        config, queue, DeadLetter(state_dir / "dead-letter", metrics=metrics), metrics=metrics,
+        on_enqueued=invoker.wake,
+    )
+    mqtt = (MqttNotificationSource(config, notifications, metrics=metrics, board=board, topics=[])
+            if config.mqtt is not None else None)
+    supervisor = MappingSupervisor(
+        config, pool=pool, destinations=destinations, invoker=invoker, notifications=notifications, mqtt=mqtt,
+        metrics=metrics, board=board,
+    )
+    return Router(
+        config=config, metrics=metrics, board=board, pool=pool, destinations=destinations, queue=queue,
+        invoker=invoker, notifications=notifications, supervisor=supervisor,
+        webhooks=WebhookReceiver(config, notifications, metrics=metrics), mqtt=mqtt,
+    )
 
 
 async def start(app: Router) -> None:
+    """Start every part; if one fails, stop the ones already started and raise StartupError."""
     config = app.config
     http_app = web.Application(client_max_size=config.http.max_body_bytes + 1024)
     AdminEndpoints(
         board=app.board, metrics=app.metrics, status=app.status, liveness=app.alive,
         admin_token=config.http.admin_token, require_token=not config.http.is_loopback,
     ).register(http_app)
-    if app.webhooks is not None:
-        app.webhooks.register(http_app)
-    # The port is taken first: a daemon that cannot serve health checks must not start consuming.
+    app.webhooks.register(http_app)
+    started: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
     try:
-        app.http_runner = await start_http(http_app, config.http.host, config.http.port)
-    except OSError as exc:
-        raise StartupError(f"http.listen {config.http.listen}: {exc.strerror or exc}") from None
-
-    await app.pool.start()
-    if app.queue is not None and app.invoker is not None:
-        await app.queue.open()
+        # The port is taken first: a daemon that cannot serve health checks must not start consuming.
+        try:
+            app.http_runner = runner = await start_http(http_app, config.http.host, config.http.port)
+        except OSError as exc:
+            raise StartupError(f"http.listen {config.http.listen}: {exc.strerror or exc}") from None
+        started.append(("http", runner.cleanup))
+        await app.pool.start()
+        started.append(("pool", app.pool.close))
+        try:
+            await app.queue.open()
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"state_dir {config.state_dir}: cannot open the async queue "
+                               f"{app.queue.path.name} ({exc})") from None
+        started.append(("async-queue", app.queue.close))
         await app.invoker.start()
-    if app.mqtt is not None:
-        await app.mqtt.start()
-    for runner in app.streams.values():
-        await runner.start()
+        started.append(("async-invoker", lambda: app.invoker.stop(0)))
+        await app.supervisor.start()
+    except BaseException:
+        for name, undo in reversed(started):
+            await _quietly(name, undo())
+        await _quietly("destinations", app.destinations.close())
+        raise
     app.started = True
     log.info(
         "router.started", listen=config.http.listen, functions=len(config.functions),
-        stream_mappings=len(app.streams), bucket_mappings=len(config.bucket_mappings()),
+        stream_mappings=len(config.stream_mappings()), bucket_mappings=len(config.bucket_mappings()),
     )
 
 
@@ -202,30 +208,69 @@ def tune_garbage_collector() -> None:
 async def stop(app: Router) -> None:
     """Drain: stop taking new work, let in-flight work finish (bounded), checkpoint, stop workers."""
     timeout = app.config.shutdown_timeout_seconds
-    if app.mqtt is not None:
-        await _quietly("mqtt", app.mqtt.stop())
+    await _quietly("mqtt", app.supervisor.stop_intake())
     if app.http_runner is not None:
         await _quietly("http", app.http_runner.cleanup())
-    await asyncio.gather(*(_quietly(n, r.stop(timeout)) for n, r in app.streams.items()))
-    if app.invoker is not None:
-        await _quietly("async-invoker", app.invoker.stop(timeout))
-    if app.queue is not None:
-        await _quietly("async-queue", app.queue.close())
+    await _quietly("streams", app.supervisor.stop_streams(timeout))
+    await _quietly("async-invoker", app.invoker.stop(timeout))
+    await _quietly("async-queue", app.queue.close())
     await _quietly("pool", app.pool.close())
     await _quietly("destinations", app.destinations.close())
+    app.started = False
     log.info("router.stopped")
 
 
-async def _quietly(what: str, step: Any) -> None:
+async def _quietly(what: str, step: Awaitable[Any]) -> None:
     try:
         await step
     except Exception as exc:  # shutdown must go on past one part's failure
         log.error("router.stop_failed", part=what, error_type=type(exc).__name__, error=str(exc))
 
 
-async def _stall_watch(app: Router, exit_after: float, done: asyncio.Future[int]) -> None:
+async def reload(app: Router, load: ConfigLoader) -> bool:
+    """Re-read the config and apply what changed; False when the file was refused."""
+    try:
+        loaded = await asyncio.to_thread(load)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("reload.invalid", problem=problem)
+        log.warning("reload.refused", problems=len(exc.problems), detail="nothing was changed")
+        return False
+    plan = plan_reload(app.config, loaded)
+    for section in plan.needs_restart:
+        log.warning("reload.needs_restart", section=section, detail="changed in the file; applied at the next start")
+    for name, problems in plan.held_back.items():
+        for problem in problems:
+            log.warning("reload.mapping_held_back", mapping=name, problem=problem,
+                        detail="needs a section the running daemon does not have; restart to apply")
+    changes = await app.supervisor.apply(plan.config)
+    app.config = plan.config
+    app.board.stall_timeout = plan.config.stall_timeout_seconds
+    log.info("reload.applied", created=changes.created, updated=changes.updated, deleted=changes.deleted,
+             functions=changes.functions, needs_restart=plan.needs_restart, held_back=sorted(plan.held_back))
+    return True
+
+
+async def _reloader(app: Router, load: ConfigLoader, requested: asyncio.Event, notifier: SystemdNotifier) -> None:
+    """Reloads one at a time; SIGHUPs that arrive during one make one more afterwards."""
+    while True:
+        await requested.wait()
+        requested.clear()
+        notifier.notify(RELOADING=1, MONOTONIC_USEC=int(asyncio.get_running_loop().time() * 1_000_000),
+                        STATUS="reloading")
+        try:
+            await reload(app, load)
+        except Exception as exc:  # a reload must never take the daemon down
+            log.exception("reload.failed", error_type=type(exc).__name__)
+        notifier.notify(READY=1, STATUS="running")
+
+
+async def _stall_watch(app: Router, done: asyncio.Future[int]) -> None:
     while not done.done():
-        await asyncio.sleep(min(5.0, exit_after / 4))
+        exit_after = app.config.stall_exit_seconds
+        await asyncio.sleep(STALL_WATCH_INTERVAL if exit_after is None else min(STALL_WATCH_INTERVAL, exit_after / 4))
+        if exit_after is None:
+            continue
         stalled = app.board.longest_stall()
         if stalled >= exit_after:
             log.error("router.stalled_exit", stalled_seconds=round(stalled), problems=app.board.problems())
@@ -243,13 +288,20 @@ async def _run_then_finish(step: Awaitable[int], done: asyncio.Future[int]) -> N
         done.set_result(code)
 
 
-async def serve(config: Config, on_ready: Callable[[Router], Awaitable[int]] | None = None) -> int:
+async def serve(
+    config: Config,
+    on_ready: Callable[[Router], Awaitable[int]] | None = None,
+    *,
+    load: ConfigLoader | None = None,
+) -> int:
     """Run until a signal (exit 0 after a drain) or a stall past `stall_exit_seconds` (exit 3).
 
-    `on_ready`, when given, runs once the daemon has started; its return value ends the run with
-    that exit code (`router dev --demo` drives the daemon this way)."""
+    `load` re-reads the config on SIGHUP (without it SIGHUP is logged and ignored). `on_ready`,
+    when given, runs once the daemon has started; its return value ends the run with that exit
+    code (`router dev --demo` drives the daemon this way)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[int] = loop.create_future()
+    reload_requested = asyncio.Event()
     signals_seen = 0
 
     def on_signal(signum: int) -> None:
@@ -262,19 +314,27 @@ async def serve(config: Config, on_ready: Callable[[Router], Awaitable[int]] | N
         if not done.done():
             done.set_result(0)
 
+    def on_hangup() -> None:
+        if load is None:
+            log.warning("reload.unavailable", detail="no config file to re-read")
+            return
+        log.info("reload.requested", signal="SIGHUP")
+        reload_requested.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)  # before start: an early SIGHUP must not kill us
 
     notifier = SystemdNotifier()
-    try:
-        app = await build(config)
-        await start(app)
-    except StartupError:
-        raise
+    app = await build(config)
+    await start(app)
     tune_garbage_collector()
-    background = [asyncio.create_task(watchdog_loop(notifier, app.board))]
-    if config.stall_exit_seconds is not None:
-        background.append(asyncio.create_task(_stall_watch(app, config.stall_exit_seconds, done)))
+    background = [
+        asyncio.create_task(watchdog_loop(notifier, app.board)),
+        asyncio.create_task(_stall_watch(app, done)),
+    ]
+    if load is not None:
+        background.append(asyncio.create_task(_reloader(app, load, reload_requested, notifier)))
     if on_ready is not None:
         background.append(asyncio.create_task(_run_then_finish(on_ready(app), done)))
     notifier.notify(READY=1, STATUS="running")
@@ -290,9 +350,9 @@ async def serve(config: Config, on_ready: Callable[[Router], Awaitable[int]] | N
     return code
 
 
-def run(config: Config) -> int:
+def run(config: Config, load: ConfigLoader | None = None) -> int:
     try:
-        return event_loop.run(serve(config), config.event_loop)
+        return event_loop.run(serve(config, load=load), config.event_loop)
     except StartupError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return EXIT_STARTUP_FAILURE

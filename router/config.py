@@ -257,15 +257,17 @@ class BucketNotifications(_Model):
         return self
 
 
-class BucketMapping(_Model):
-    """S3-style push: bucket notifications become asynchronous invocations."""
+class AsyncInvokeSettings(_Model):
+    """How events are invoked asynchronously: Lambda's function event invoke config
+    (`PutFunctionEventInvokeConfig`: MaximumRetryAttempts, MaximumEventAgeInSeconds,
+    DestinationConfig) plus router's delays and deduplication window.
 
-    function_name: str
-    bucket_notifications: BucketNotifications
+    One model for every push mapping (bucket notifications, MQTT app events) and the async
+    invoker that runs them, so a rule is validated and applied once whatever fed the event."""
+
     maximum_retry_attempts: Annotated[int, Field(ge=0, le=2)] = 2
     maximum_event_age_in_seconds: Annotated[int, Field(ge=60, le=21_600)] = 21_600
     destination_config: DestinationConfig = Field(default_factory=DestinationConfig)
-    enabled: bool = True
     # Not a Lambda key: Lambda waits ~1 min then ~2 min; tests and impatient users shorten it.
     retry_delays_seconds: list[Annotated[float, Field(ge=0, le=3600)]] = Field(
         default_factory=lambda: [60.0, 120.0]
@@ -278,6 +280,14 @@ class BucketMapping(_Model):
         if not value:
             raise ValueError("must list at least one delay")
         return value
+
+
+class BucketMapping(AsyncInvokeSettings):
+    """S3-style push: bucket notifications become asynchronous invocations."""
+
+    function_name: str
+    bucket_notifications: BucketNotifications
+    enabled: bool = True
 
 
 def _mapping_kind(value: Any) -> str | None:
@@ -350,30 +360,37 @@ class Config(_Model):
         return f"arn:aws:kinesis:{self.region}:{self.account_id}:stream/{topic}"
 
 
-def _cross_checks(config: Config) -> list[str]:
+def mapping_problems(config: Config, name: str) -> list[str]:
+    """What stops mapping `name` from running with the rest of `config`; each line names the
+    field that must change. Also used on a reload, to hold back just the mappings that cannot be
+    applied while the daemon runs (say, one that needs an mqtt section the running daemon lacks)."""
+    mapping = config.event_source_mappings[name]
+    where = f"event_source_mappings.{name}"
+    problems: list[str] = []
+    if mapping.function_name not in config.functions:
+        problems.append(f"{where}.function_name: unknown function {mapping.function_name!r}")
+    sections = {"kafka": config.kafka, "mqtt": config.mqtt, "s3": config.s3}
+    for kind in ("on_failure", "on_success"):
+        target = getattr(mapping.destination_config, kind)
+        if target is not None and sections[target.scheme] is None:
+            problems.append(f"{where}.destination_config.{kind}: a {target.scheme}:// destination needs "
+                            f"a {target.scheme} section")
+    if isinstance(mapping, StreamMapping) and config.kafka is None:
+        problems.append(f"{where}.kafka_topic: needs a kafka section")
+    if isinstance(mapping, BucketMapping):
+        transport = mapping.bucket_notifications.transport
+        if transport == "mqtt" and config.mqtt is None:
+            problems.append(f"{where}.bucket_notifications.transport: mqtt needs an mqtt section")
+        if transport == "webhook" and config.http.webhook_token is None:
+            problems.append(f"{where}.bucket_notifications.transport: webhook needs http.webhook_token")
+    return problems
+
+
+def cross_checks(config: Config) -> list[str]:
     """Rules that span sections; each line names the field that must change."""
     problems: list[str] = []
-    used_schemes: set[str] = set()
-    for name, mapping in config.event_source_mappings.items():
-        where = f"event_source_mappings.{name}"
-        if mapping.function_name not in config.functions:
-            problems.append(f"{where}.function_name: unknown function {mapping.function_name!r}")
-        for kind in ("on_failure", "on_success"):
-            target = getattr(mapping.destination_config, kind)
-            if target is not None:
-                used_schemes.add(target.scheme)
-        if isinstance(mapping, StreamMapping) and config.kafka is None:
-            problems.append(f"{where}.kafka_topic: needs a kafka section")
-        if isinstance(mapping, BucketMapping):
-            transport = mapping.bucket_notifications.transport
-            if transport == "mqtt" and config.mqtt is None:
-                problems.append(f"{where}.bucket_notifications.transport: mqtt needs an mqtt section")
-            if transport == "webhook" and config.http.webhook_token is None:
-                problems.append(f"{where}.bucket_notifications.transport: webhook needs http.webhook_token")
-    section_for = {"kafka": config.kafka, "mqtt": config.mqtt, "s3": config.s3}
-    for scheme in sorted(used_schemes):
-        if section_for[scheme] is None:
-            problems.append(f"{scheme}: a {scheme}:// destination is configured but there is no {scheme} section")
+    for name in config.event_source_mappings:
+        problems.extend(mapping_problems(config, name))
     if not config.http.is_loopback and config.http.admin_token is None:
         problems.append("http.admin_token: required when http.listen is not a loopback address")
     return problems
@@ -473,7 +490,7 @@ def load_config_data(data: Any, env: Mapping[str, str] | None = None) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc)) from None
-    problems = _cross_checks(config)
+    problems = cross_checks(config)
     if problems:
         raise ConfigError(problems)
     return config

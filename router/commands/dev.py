@@ -104,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
 
         demo = _Demo(stack_info, args.timeout) if args.demo else None
         try:
-            return event_loop.run(serve(config, on_ready=demo.run if demo else None), config.event_loop)
+            # SIGHUP re-reads the dev config against the same local stack.
+            return event_loop.run(serve(config, on_ready=demo.run if demo else None,
+                                        load=lambda: load_config(config_path, env=env)), config.event_loop)
         except StartupError as exc:
             say(str(exc))
             return 1

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from router.commands import add_config_argument, add_logging_arguments
-from router.config import ConfigError, load_config
+from router.config import ConfigError, load_config, resolve_config_path
 
 
 def register(subparsers: Any) -> None:
@@ -22,12 +22,15 @@ def run(args: argparse.Namespace) -> int:
     from router.observability.logging import configure_logging
 
     configure_logging(args.log_level, args.log_format)
+    path = resolve_config_path(args.config)
     try:
-        config = load_config(args.config)
+        config = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"router: config: {problem}", file=sys.stderr)
         return 2
     from router.app import run as run_app
 
-    return run_app(config)
+    # SIGHUP re-reads the same file (the path is resolved once: a changed $ROUTER_CONFIG or working
+    # directory does not move it).
+    return run_app(config, lambda: load_config(path))

@@ -1,25 +1,35 @@
 """The dispatch loop of the asynchronous invocation queue: how S3 invokes Lambda, on our own queue.
 
 One coroutine claims due events and starts one task per event; the task invokes the function in
-the worker pool, then either reschedules the event (function error with retries left), or decides
-its outcome and writes the destination record, and only then removes the event from the queue.
+the worker pool, then either reschedules the event (function error with retries left), or hands its
+outcome to `AsyncDelivery`, which writes the destination record and only then removes the event
+from the queue.
+
+Each push mapping is a *lane*: its function, its `AsyncInvokeSettings` (retries, event age,
+destinations, delays) and its dispatch state. Lanes come and go while the daemon runs (the mapping
+supervisor adds, updates and retires them):
+
+* A **disabled** lane keeps its queued events and claims none for invocation; enabling it
+  resumes from there (the queue is the push path's checkpoint). Parked destination records are
+  still written: the function already ran for them.
+* A **retired** lane (its mapping was deleted) is not invoked again. With an on-failure
+  destination its remaining events go there uninvoked (condition `EventSourceMappingDeleted`);
+  without one they stay in the queue, reported in `/status`, until the mapping returns. Either
+  way it has no progress tracker: a deleted mapping cannot make the daemon unready.
 
 Why this shape:
-* Concurrency per function is bounded here by `reserved_concurrent_executions`, not only in the
-  pool, so a backlog waits in the durable queue (visible in metrics, surviving restarts) instead of
-  piling up in memory in front of the workers.
-* Mappings are visited round-robin and each claims at most its share of its function's free
-  slots per round, so a busy or slow mapping cannot starve another; a slow function only uses its
-  own slots. One round is one round trip to the queue: every ready lane's claim travels together
+* Concurrency per function is bounded here by its reserved concurrency, not only in the pool, so
+  a backlog waits in the durable queue (visible in metrics, surviving restarts) instead of piling
+  up in memory in front of the workers.
+* Lanes are visited round-robin and each claims at most its share of its function's free slots
+  per round, so a busy or slow mapping cannot starve another; a slow function only uses its own
+  slots. One round is one round trip to the queue: every ready lane's claim travels together
   (and carries the settlements of finished attempts with it), so the drain rate is not bounded by
   one SQLite round trip per event.
 * Each function may have up to its reserved concurrency of events claimed ahead, in memory, beyond
   those running (`_Lane.ready`): a freed slot starts the next one at once instead of waiting for a
   round trip to the queue. Claims are not persisted, so these are due again after any restart;
   `stop` gives them back. The bound keeps the backlog in the durable queue, not in memory.
-* A destination that is down never loses an event: the record is parked in the queue (the function
-  is not run again) and written later with backoff. While a mapping's destination is failing, new
-  records are parked at once instead of each waiting for a timeout.
 """
 
 from __future__ import annotations
@@ -29,21 +39,20 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import structlog
 
-from router.config import BucketMapping, Config
+from router.config import AsyncInvokeSettings
+from router.delivery.async_delivery import AsyncDelivery, DestinationHealth
 from router.delivery.async_policy import (
     GiveUp,
     RetryAt,
     after_function_error,
     after_system_error,
     age_exceeded,
-    delivery_retry_delay,
 )
 from router.delivery.async_queue import (
     AsyncQueue,
@@ -51,12 +60,10 @@ from router.delivery.async_queue import (
     ClaimRequest,
     LastResponse,
     MappingStats,
-    PendingDelivery,
     QueueClosed,
     StoredEvent,
 )
-from router.delivery.async_record import Condition, async_destination_record
-from router.delivery.destinations import DestinationFactory, async_record_key
+from router.delivery.async_record import Condition
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard, Tracker
 from router.runtime.result import InvocationResult
@@ -86,11 +93,14 @@ class InvokesFunctions(Protocol):
 
 @dataclass
 class _Lane:
-    """Dispatch state of one bucket mapping."""
+    """Dispatch state of one push mapping."""
 
     name: str
-    mapping: BucketMapping
-    tracker: Tracker
+    function: str
+    settings: AsyncInvokeSettings
+    tracker: Tracker | None
+    enabled: bool = True
+    retired: bool = False
     in_flight: int = 0
     # Claimed ahead, not yet started (see the module docstring); oldest first.
     ready: deque[StoredEvent] = field(default_factory=deque)
@@ -100,55 +110,50 @@ class _Lane:
     next_deliver: float | None = None
     invoke_dirty: bool = True
     deliver_dirty: bool = True
-    delivery_failures: int = 0
-    delivery_blocked_until: float = 0.0
+    health: DestinationHealth = field(default_factory=DestinationHealth)
     last_error: str | None = None
     stats: MappingStats = field(default_factory=lambda: MappingStats(0, None, 0, 0))
 
     @property
-    def function(self) -> str:
-        return self.mapping.function_name
+    def drain_to(self) -> str | None:
+        """Where a retired lane's remaining events go uninvoked (its on-failure destination)."""
+        target = self.settings.destination_config.on_failure
+        return target.destination if self.retired and target is not None else None
+
+    @property
+    def invokes(self) -> bool:
+        return self.enabled and not self.retired
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.in_flight or self.ready or self.deliveries)
 
 
 class AsyncInvoker:
     def __init__(
         self,
-        config: Config,
         queue: AsyncQueue,
         pool: InvokesFunctions,
-        destinations: DestinationFactory,
+        delivery: AsyncDelivery,
         *,
+        concurrency: Callable[[str], int],
         metrics: Metrics,
         board: ProgressBoard,
         log: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._config = config
         self._queue = queue
         self._pool = pool
-        self._destinations = destinations
+        self._delivery = delivery
+        self._concurrency = concurrency  # a function's reserved concurrency, as the pool has it now
         self._metrics = metrics
         self._board = board
         self._log = log or structlog.get_logger("router.async")
         self._clock = clock
-        # The invoker owns the queue's observability: enqueue counts received and duplicate events.
-        if queue.metrics is None:
-            queue.metrics = metrics
-        # Look for new events as soon as they are committed, not only after their fsync.
-        if queue.on_committed is None:
-            queue.on_committed = self.wake
-        self._lanes: dict[str, _Lane] = {
-            name: _Lane(name, mapping, board.tracker(f"async:{name}", kind="work"))
-            for name, mapping in config.bucket_mappings().items()
-            if mapping.enabled
-        }
+        self._lanes: dict[str, _Lane] = {}
         self._function_in_flight: dict[str, int] = {}
-        self._sharers: dict[str, int] = {}
         self._lanes_of: dict[str, list[_Lane]] = {}
         self._next_ready: dict[str, int] = {}
-        for lane in self._lanes.values():
-            self._sharers[lane.function] = self._sharers.get(lane.function, 0) + 1
-            self._lanes_of.setdefault(lane.function, []).append(lane)
         self._round = 0
         self._wake_event = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -158,6 +163,58 @@ class AsyncInvoker:
         self._stats_at = -math.inf
         self._pruned_at = -math.inf
         self._orphans: dict[str, MappingStats] = {}
+
+    # -- lanes ---------------------------------------------------------------------------------
+
+    def set_lane(self, name: str, function: str, settings: AsyncInvokeSettings, *, enabled: bool = True) -> None:
+        """Add a push mapping's lane, or change its function, settings or state (events already
+        running finish under the settings they started with)."""
+        lane = self._lanes.get(name)
+        if lane is None or lane.retired:
+            lane = _Lane(name, function, settings, self._board.tracker(f"async:{name}", kind="work"),
+                         enabled=enabled)
+            self._lanes[name] = lane
+            self._orphans.pop(name, None)
+        else:
+            lane.function, lane.settings, lane.enabled = function, settings, enabled
+        if lane.tracker is None:
+            lane.tracker = self._board.tracker(f"async:{name}", kind="work")
+        lane.invoke_dirty = lane.deliver_dirty = True
+        self._index()
+        self._stats_at = -math.inf  # pending-ness depends on the state: look again soon
+        self._wake_event.set()
+
+    def retire_lane(self, name: str) -> None:
+        """The mapping was deleted: see the module docstring."""
+        lane = self._lanes.get(name)
+        if lane is None or lane.retired:
+            return
+        lane.retired = True
+        lane.tracker = None
+        self._board.remove(f"async:{name}")
+        while lane.ready:  # claimed ahead for invocation: given back (drained or kept)
+            self._abandoned.append(lane.ready.popleft().id)
+        lane.invoke_dirty = lane.deliver_dirty = True
+        self._log.info("async.mapping_retired", mapping=name, function=lane.function,
+                       remaining_events_to=lane.drain_to or "queue (until the mapping returns)")
+        self._index()
+        self._stats_at = -math.inf
+        self._wake_event.set()
+
+    def lanes(self) -> list[str]:
+        return [name for name, lane in self._lanes.items() if not lane.retired]
+
+    def _index(self) -> None:
+        self._lanes_of = {}
+        for lane in self._lanes.values():
+            if lane.invokes:
+                self._lanes_of.setdefault(lane.function, []).append(lane)
+
+    def _drop(self, lane: _Lane) -> None:
+        """A retired lane with nothing left to do for it is forgotten, with its metrics."""
+        self._lanes.pop(lane.name, None)
+        self._metrics.forget_mapping(lane.name)
+        self._log.info("async.mapping_forgotten", mapping=lane.name, events_kept=lane.stats.depth)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -169,7 +226,7 @@ class AsyncInvoker:
         for name, stats in self._orphans.items():
             self._log.warning(
                 "async.orphaned_events", mapping=name, depth=stats.depth,
-                reason="mapping is not configured or not enabled; its events wait until it is",
+                reason="mapping is not configured; its events wait until it is",
             )
         self._dispatcher = asyncio.create_task(self._run(), name="async-invoker")
 
@@ -196,6 +253,9 @@ class AsyncInvoker:
                 await asyncio.gather(*pending, return_exceptions=True)
                 self._log.warning("async.stop_abandoned", events=len(pending), outcome="requeued")
         self._abandon_ready()
+        await self._release_abandoned()
+
+    async def _release_abandoned(self) -> None:
         abandoned, self._abandoned = self._abandoned, []
         for event_id in abandoned:
             with contextlib.suppress(QueueClosed):
@@ -207,6 +267,7 @@ class AsyncInvoker:
         while not self._stopping:
             self._wake_event.clear()
             try:
+                await self._release_abandoned()
                 await self._dispatch()
                 await self._refresh_stats()
                 await self._prune()
@@ -225,13 +286,12 @@ class AsyncInvoker:
                     await asyncio.wait_for(self._wake_event.wait(), delay)
 
     def _free_slots(self, function: str) -> int:
-        limit = self._config.functions[function].reserved_concurrent_executions
-        return limit - self._function_in_flight.get(function, 0)
+        return self._concurrency(function) - self._function_in_flight.get(function, 0)
 
     def _claim_room(self, function: str) -> int:
         """Events a function may still claim: free slots plus room in its claimed-ahead buffer."""
-        limit = self._config.functions[function].reserved_concurrent_executions
-        return 2 * limit - self._function_in_flight.get(function, 0) - self._claimed_ahead(function)
+        return (2 * self._concurrency(function) - self._function_in_flight.get(function, 0)
+                - self._claimed_ahead(function))
 
     def _claimed_ahead(self, function: str) -> int:
         return sum(len(lane.ready) for lane in self._lanes_of.get(function, ()))
@@ -239,7 +299,7 @@ class AsyncInvoker:
     def _start_ready(self, function: str) -> None:
         """Start claimed-ahead events while the function has free slots, taking lanes in turn."""
         lanes = self._lanes_of.get(function, [])
-        while not self._stopping and self._free_slots(function) > 0:
+        while not self._stopping and lanes and self._free_slots(function) > 0:
             turn = self._next_ready.get(function, 0)
             for i in range(len(lanes)):
                 index = (turn + i) % len(lanes)
@@ -255,11 +315,11 @@ class AsyncInvoker:
             self._spawn(self._attempt(lane, event), event)
 
     async def _dispatch(self) -> None:
-        lanes = list(self._lanes.values())
-        if not lanes:
-            return
         progress = True
         while progress and not self._stopping:
+            lanes = list(self._lanes.values())
+            if not lanes:
+                return
             start = self._round % len(lanes)
             self._round += 1
             progress = await self._dispatch_round(lanes[start:] + lanes[:start], self._clock())
@@ -267,25 +327,32 @@ class AsyncInvoker:
     def _lane_ready(self, next_due: float | None, dirty: bool, now: float) -> bool:
         return dirty or (next_due is not None and next_due <= now)
 
+    def _refuses(self, lane: _Lane) -> bool:
+        """Events of this lane go to its on-failure destination uninvoked."""
+        return lane.drain_to is not None or (lane.invokes and self._concurrency(lane.function) == 0)
+
     async def _dispatch_round(self, lanes: list[_Lane], now: float) -> bool:
         """One claim for every ready lane, in this round's order; True when anything was started."""
         requests: list[ClaimRequest] = []
         budgets: dict[str, int] = {}
         owners: list[_Lane] = []
         for lane in lanes:
-            if self._lane_ready(lane.next_invoke, lane.invoke_dirty, now):
-                if self._zero_concurrency(lane):
-                    # Refusals are destination writes: bounded per lane like deliveries.
+            if (lane.invokes or lane.drain_to) and self._lane_ready(lane.next_invoke, lane.invoke_dirty, now):
+                due_by: float | None = None
+                if self._refuses(lane):
+                    # Refusals are destination writes: bounded per lane like deliveries. A retired
+                    # lane drains everything, retries scheduled later included.
                     budget, free = f"refuse:{lane.name}", DELIVERY_CONCURRENCY - lane.deliveries
                     share = free
+                    due_by = math.inf if lane.retired else None
                 else:
                     budget, free = f"fn:{lane.function}", self._claim_room(lane.function)
-                    share = max(1, free // self._sharers[lane.function])
+                    share = max(1, free // len(self._lanes_of.get(lane.function, [lane])))
                 if free > 0:
                     budgets[budget] = free
-                    requests.append(ClaimRequest(lane.name, "invoke", min(free, share), budget))
+                    requests.append(ClaimRequest(lane.name, "invoke", min(free, share), budget, due_by))
                     owners.append(lane)
-            if self._lane_ready(lane.next_deliver, lane.deliver_dirty, now) and now >= lane.delivery_blocked_until:
+            if self._lane_ready(lane.next_deliver, lane.deliver_dirty, now) and now >= lane.health.blocked_until:
                 limit = self._delivery_limit(lane)
                 if limit > 0:
                     budget = f"deliver:{lane.name}"
@@ -308,18 +375,18 @@ class AsyncInvoker:
             self._abandon_ready()
         return progress
 
-    def _zero_concurrency(self, lane: _Lane) -> bool:
-        return self._config.functions[lane.function].reserved_concurrent_executions == 0
-
     def _start_invocations(self, lane: _Lane, limit: int, claim: Claim) -> None:
         lane.next_invoke, lane.invoke_dirty = claim.next_due, False
-        zero_concurrency = self._zero_concurrency(lane)
-        for event in claim.events:
-            if zero_concurrency:
+        if lane.drain_to is not None:
+            for event in claim.events:
                 lane.deliveries += 1
-                self._spawn(self._refuse(lane, event), event)
-            else:
-                lane.ready.append(event)
+                self._spawn(self._refuse(lane, event, Condition.EVENT_SOURCE_MAPPING_DELETED), event)
+        elif self._concurrency(lane.function) == 0:
+            for event in claim.events:
+                lane.deliveries += 1
+                self._spawn(self._refuse(lane, event, Condition.ZERO_RESERVED_CONCURRENCY), event)
+        else:
+            lane.ready.extend(claim.events)
         if claim.events and len(claim.events) == limit:
             lane.invoke_dirty = True  # there may be more due right now
 
@@ -331,12 +398,12 @@ class AsyncInvoker:
         if claim.events and len(claim.events) == limit:
             lane.deliver_dirty = True
 
-    def _spawn(self, work: Any, event: StoredEvent) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], event: StoredEvent) -> None:
         task: asyncio.Task[None] = asyncio.create_task(self._guard(work, event))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _guard(self, work: Any, event: StoredEvent) -> None:
+    async def _guard(self, work: Coroutine[Any, Any, None], event: StoredEvent) -> None:
         try:
             await work
         except asyncio.CancelledError:
@@ -359,9 +426,9 @@ class AsyncInvoker:
             self._wake_event.set()
 
     def _invoke_capacity(self, lane: _Lane) -> bool:
-        if self._config.functions[lane.function].reserved_concurrent_executions == 0:
+        if self._refuses(lane):
             return lane.deliveries < DELIVERY_CONCURRENCY
-        return self._claim_room(lane.function) > 0
+        return lane.invokes and self._claim_room(lane.function) > 0
 
     def _abandon_ready(self) -> None:
         """Claimed-ahead events go back to the queue when the invoker stops (released in `stop`)."""
@@ -371,7 +438,7 @@ class AsyncInvoker:
 
     def _delivery_limit(self, lane: _Lane) -> int:
         """Parked records to claim now; while the destination is failing, probe with one at a time."""
-        if lane.delivery_failures:
+        if lane.health.failing:
             return 1 - lane.deliveries
         return DELIVERY_CONCURRENCY - lane.deliveries
 
@@ -388,7 +455,7 @@ class AsyncInvoker:
                     wake_at = min(wake_at, lane.next_invoke)
             if self._delivery_limit(lane) > 0 and (lane.deliver_dirty or lane.next_deliver is not None):
                 due = now if lane.deliver_dirty else (lane.next_deliver or now)
-                wake_at = min(wake_at, max(due, lane.delivery_blocked_until))
+                wake_at = min(wake_at, max(due, lane.health.blocked_until))
         return max(0.0, wake_at - now)
 
     # -- one event ---------------------------------------------------------------------------------
@@ -400,26 +467,25 @@ class AsyncInvoker:
         self._wake_event.set()
 
     async def _attempt(self, lane: _Lane, event: StoredEvent) -> None:
-        mapping = lane.mapping
+        settings = lane.settings
         try:
             now = self._clock()
-            if age_exceeded(mapping, accepted_at=event.accepted_at, at=now):
+            if age_exceeded(settings, accepted_at=event.accepted_at, at=now):
                 # It waited in the queue (backlog, downtime) past its maximum age: not invoked again.
                 finish: tuple[Condition, LastResponse | None, int] | None = (
                     Condition.EVENT_AGE_EXCEEDED, event.last_response, event.invoke_count)
             else:
-                finish = await self._invoke(lane, event)
+                finish = await self._invoke(lane, settings, event)
         finally:
             self._release_slot(lane)
         if finish is not None:
             condition, response, invoke_count = finish
-            await self._finish(lane, event, condition, response, invoke_count)
+            await self._finish(lane, settings, event, condition, response, invoke_count)
 
     async def _invoke(
-        self, lane: _Lane, event: StoredEvent
+        self, lane: _Lane, settings: AsyncInvokeSettings, event: StoredEvent
     ) -> tuple[Condition, LastResponse | None, int] | None:
         """One attempt. Returns the final outcome, or None when the event was rescheduled."""
-        mapping = lane.mapping
         attempt = event.invoke_count + 1
         started = time.monotonic()
         try:
@@ -430,10 +496,11 @@ class AsyncInvoker:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return await self._system_error(lane, event, f"{type(exc).__name__}: {exc}", type(exc).__name__)
+            return await self._system_error(lane, settings, event, f"{type(exc).__name__}: {exc}",
+                                            type(exc).__name__)
         duration_ms = round((time.monotonic() - started) * 1000, 3)
         if not result.ok and result.error_type in _THROTTLE_ERRORS:
-            return await self._system_error(lane, event, str(result.error_type), str(result.error_type))
+            return await self._system_error(lane, settings, event, str(result.error_type), str(result.error_type))
         response = LastResponse(result.request_id, result.payload, result.function_error, result.error_type)
         if result.ok:
             # Per event: no bind() (it builds a logger even when the line is filtered out).
@@ -441,13 +508,13 @@ class AsyncInvoker:
                            request_id=result.request_id, duration_ms=duration_ms, outcome=result.outcome)
             return Condition.SUCCESS, response, attempt
         lane.last_error = result.error_type
-        decision = after_function_error(mapping, invoke_count=attempt, accepted_at=event.accepted_at,
+        decision = after_function_error(settings, invoke_count=attempt, accepted_at=event.accepted_at,
                                         now=self._clock())
         self._log.warning("async.invocation", mapping=lane.name, function=lane.function, attempt=attempt,
-                    request_id=result.request_id, duration_ms=duration_ms,
-                    outcome=result.outcome, error_type=result.error_type,
-                    next="retry" if isinstance(decision, RetryAt) else str(decision.condition),
-                    retry_in_seconds=decision.delay if isinstance(decision, RetryAt) else None)
+                          request_id=result.request_id, duration_ms=duration_ms,
+                          outcome=result.outcome, error_type=result.error_type,
+                          next="retry" if isinstance(decision, RetryAt) else str(decision.condition),
+                          retry_in_seconds=decision.delay if isinstance(decision, RetryAt) else None)
         if isinstance(decision, GiveUp):
             return decision.condition, response, attempt
         await self._queue.reschedule(
@@ -459,12 +526,12 @@ class AsyncInvoker:
         return None
 
     async def _system_error(
-        self, lane: _Lane, event: StoredEvent, message: str, error_type: str
+        self, lane: _Lane, settings: AsyncInvokeSettings, event: StoredEvent, message: str, error_type: str
     ) -> tuple[Condition, LastResponse | None, int] | None:
         """The function did not run (pool throttled or failed): back off, keep the attempt count."""
         errors = event.system_errors + 1
         lane.last_error = error_type
-        decision = after_system_error(lane.mapping, consecutive_errors=errors,
+        decision = after_system_error(settings, consecutive_errors=errors,
                                       accepted_at=event.accepted_at, now=self._clock())
         self._log.warning("async.invocation", mapping=lane.name, function=lane.function,
                           request_id=event.request_id, attempt=event.invoke_count + 1, outcome="not_invoked",
@@ -479,123 +546,46 @@ class AsyncInvoker:
         self._note_due(lane, "invoke", decision.due_at)
         return None
 
-    async def _refuse(self, lane: _Lane, event: StoredEvent) -> None:
-        """Reserved concurrency 0: Lambda sends new events to the failure destination uninvoked."""
+    async def _refuse(self, lane: _Lane, event: StoredEvent, condition: Condition) -> None:
+        """Straight to the on-failure destination, uninvoked: reserved concurrency 0 (as Lambda
+        does), or the mapping was deleted (reporting what the event's earlier attempts gave)."""
         try:
-            await self._finish(lane, event, Condition.ZERO_RESERVED_CONCURRENCY, None, 0)
+            if condition is Condition.ZERO_RESERVED_CONCURRENCY:
+                response, count = None, 0
+            else:
+                response, count = event.last_response, event.invoke_count
+            await self._finish(lane, lane.settings, event, condition, response, count)
         finally:
             lane.deliveries -= 1
 
     async def _finish(
-        self,
-        lane: _Lane,
-        event: StoredEvent,
-        condition: Condition,
-        response: LastResponse | None,
-        invoke_count: int,
+        self, lane: _Lane, settings: AsyncInvokeSettings, event: StoredEvent, condition: Condition,
+        response: LastResponse | None, invoke_count: int,
     ) -> None:
-        succeeded = condition is Condition.SUCCESS
-        config = lane.mapping.destination_config
-        target = config.on_success if succeeded else config.on_failure
-        if not succeeded:
-            self._metrics.async_events_dropped.labels(mapping=lane.name, condition=str(condition)).inc()
-        if target is None:
-            await self._queue.complete(event.id)
-            self._completed(lane)
-            if not succeeded:
-                self._log.warning("async.event_dropped", mapping=lane.name, function=lane.function,
-                                  condition=str(condition), approximate_invoke_count=invoke_count,
-                                  request_id=self._request_id(event, response), outcome="dropped",
-                                  error_type=response.error_type if response else None)
-            return
-        invoked = response is not None and condition is not Condition.ZERO_RESERVED_CONCURRENCY
-        record = async_destination_record(
-            function_arn=self._config.function_arn(lane.function, "$LATEST"),
-            condition=condition,
-            request_id=self._request_id(event, response),
-            approximate_invoke_count=invoke_count,
-            request_payload=event.event,
-            invoked=invoked,
-            response_payload=response.payload if response is not None else None,
-            function_error=response.function_error if response is not None else None,
-            now=datetime.fromtimestamp(self._clock(), UTC),
-        )
-        delivery = PendingDelivery(
-            uri=target.destination,
-            key=async_record_key(lane.name, lane.function, datetime.fromtimestamp(self._clock(), UTC)),
-            kind="on_success" if succeeded else "on_failure",
-            condition=str(condition),
-            record=record,
-        )
-        await self._deliver(lane, event, delivery, invoke_count, attempts=0)
-
-    def _request_id(self, event: StoredEvent, response: LastResponse | None) -> str:
-        return response.request_id if response is not None else event.request_id
+        parked = await self._delivery.finish(lane.name, lane.function, settings, lane.health, event, condition,
+                                             response, invoke_count)
+        self._settled(lane, parked)
 
     async def _redeliver(self, lane: _Lane, event: StoredEvent) -> None:
         try:
-            if event.delivery is None:  # cannot happen for the deliver stage; be safe anyway
-                await self._queue.reschedule(event.id, due_at=self._clock(), invoke_count=event.invoke_count,
-                                             system_errors=event.system_errors, last_response=None,
-                                             last_error="delivery record missing")
-                return
-            await self._deliver(lane, event, event.delivery, event.invoke_count, attempts=event.delivery_attempts)
+            parked = await self._delivery.redeliver(lane.name, lane.function, lane.health, event)
+            self._settled(lane, parked)
         finally:
             lane.deliveries -= 1
 
-    async def _deliver(
-        self, lane: _Lane, event: StoredEvent, delivery: PendingDelivery, invoke_count: int, *, attempts: int
-    ) -> None:
-        log = self._log.bind(mapping=lane.name, function=lane.function, condition=delivery.condition,
-                             request_id=delivery.record["requestContext"]["requestId"],
-                             destination=delivery.uri)
-        now = self._clock()
-        if now < lane.delivery_blocked_until:
-            # The destination failed moments ago: park without another doomed attempt.
-            await self._park(lane, event, delivery, invoke_count, attempts, lane.delivery_blocked_until,
-                             "destination backing off")
+    def _settled(self, lane: _Lane, parked_until: float | None) -> None:
+        if parked_until is not None:
+            self._note_due(lane, "deliver", parked_until)
             return
-        try:
-            await self._destinations.get(delivery.uri).send(delivery.record, key=delivery.key)
-        except Exception as exc:
-            self._metrics.destination_delivery_failures.labels(mapping=lane.name).inc()
-            lane.delivery_failures += 1
-            delay = delivery_retry_delay(lane.delivery_failures)
-            lane.delivery_blocked_until = self._clock() + delay
-            lane.last_error = f"destination: {exc}"[:300]
-            log.warning("async.destination_failed", outcome="parked", error_type=type(exc).__name__,
-                        error=str(exc)[:300], attempt=attempts + 1, retry_in_seconds=delay)
-            await self._park(lane, event, delivery, invoke_count, attempts + 1, lane.delivery_blocked_until,
-                             str(exc)[:1000])
-            return
-        if lane.delivery_failures:
-            log.info("async.destination_recovered", after_failures=lane.delivery_failures)
-        lane.delivery_failures = 0
-        lane.delivery_blocked_until = 0.0
-        success = delivery.kind == "on_success"
-        counter = self._metrics.on_success_records if success else self._metrics.on_failure_records
-        counter.labels(mapping=lane.name).inc()
-        await self._queue.complete(event.id)
-        self._completed(lane)
-        log.info("async.event_finished", outcome="delivered", key=delivery.key)
-
-    async def _park(
-        self, lane: _Lane, event: StoredEvent, delivery: PendingDelivery, invoke_count: int, attempts: int,
-        due_at: float, error: str,
-    ) -> None:
-        await self._queue.park_delivery(event.id, delivery=delivery, due_at=due_at, delivery_attempts=attempts,
-                                        invoke_count=invoke_count, last_error=error)
-        self._note_due(lane, "deliver", due_at)
+        if lane.tracker is not None:
+            lane.tracker.advanced()
+        self._wake_event.set()
 
     def _note_due(self, lane: _Lane, stage: Literal["invoke", "deliver"], due_at: float) -> None:
         if stage == "invoke":
             lane.next_invoke = due_at if lane.next_invoke is None else min(lane.next_invoke, due_at)
         else:
             lane.next_deliver = due_at if lane.next_deliver is None else min(lane.next_deliver, due_at)
-        self._wake_event.set()
-
-    def _completed(self, lane: _Lane) -> None:
-        lane.tracker.advanced()
         self._wake_event.set()
 
     # -- observability -----------------------------------------------------------------------------
@@ -607,15 +597,23 @@ class AsyncInvoker:
         self._stats_at = moment
         stats = await self._queue.stats()
         now = self._clock()
-        for name, lane in self._lanes.items():
+        for name, lane in list(self._lanes.items()):
             lane.stats = stats.get(name, MappingStats(0, None, 0, 0))
+            if lane.retired:
+                left = lane.stats.awaiting_delivery + (lane.stats.depth if lane.drain_to else 0)
+                if not left and not lane.busy:
+                    self._drop(lane)
+                continue
             self._metrics.async_queue_depth.labels(mapping=name).set(lane.stats.depth)
             oldest = lane.stats.oldest_accepted_at
             self._metrics.async_event_age_seconds.labels(mapping=name).set(
                 max(0.0, now - oldest) if oldest is not None else 0.0)
             # Pending means "should be moving now": events due for invocation and records waiting for
-            # their destination. A retry scheduled minutes ahead is not a stall.
-            lane.tracker.set_pending(lane.stats.due + lane.stats.awaiting_delivery > 0)
+            # their destination. A retry scheduled minutes ahead, or a disabled mapping's backlog,
+            # is not a stall.
+            if lane.tracker is not None:
+                due = lane.stats.due if lane.enabled else 0
+                lane.tracker.set_pending(due + lane.stats.awaiting_delivery > 0)
         self._orphans = {name: s for name, s in stats.items() if name not in self._lanes}
 
     async def _prune(self) -> None:
@@ -623,7 +621,7 @@ class AsyncInvoker:
         if moment - self._pruned_at < PRUNE_INTERVAL:
             return
         self._pruned_at = moment
-        windows = [lane.mapping.deduplication_window_seconds for lane in self._lanes.values()]
+        windows = [lane.settings.deduplication_window_seconds for lane in self._lanes.values()]
         if windows:
             removed = await self._queue.prune_dedup(self._clock() - max(windows))
             if removed:
@@ -634,16 +632,22 @@ class AsyncInvoker:
         mappings: dict[str, Any] = {}
         for name, lane in self._lanes.items():
             oldest = lane.stats.oldest_accepted_at
-            mappings[name] = {
+            entry: dict[str, Any] = {
                 "function": lane.function,
+                "state": "Deleting" if lane.retired else "Enabled" if lane.enabled else "Disabled",
                 "depth": lane.stats.depth,
                 "oldest_age_seconds": round(now - oldest, 3) if oldest is not None else None,
                 "in_flight": lane.in_flight,
                 "retries_scheduled": lane.stats.retries_scheduled,
                 "awaiting_destination": lane.stats.awaiting_delivery,
-                "destination_failures": lane.delivery_failures,
-                "last_error": lane.last_error,
+                "destination_failures": lane.health.failures,
+                "last_error": lane.last_error or lane.health.last_error,
             }
+            if lane.retired:
+                entry["remaining_events_to"] = lane.drain_to
+            mappings[name] = entry
         for name, stats in self._orphans.items():
-            mappings[name] = {"depth": stats.depth, "state": "not dispatched (mapping missing or disabled)"}
+            mappings[name] = {"depth": stats.depth, "state": "not dispatched (no such mapping)",
+                              "oldest_age_seconds": round(now - stats.oldest_accepted_at, 3)
+                              if stats.oldest_accepted_at is not None else None}
         return {"mappings": mappings}

@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from router.config import BucketMapping
+from router.config import AsyncInvokeSettings
 from router.delivery.async_record import Condition
+from router.delivery.backoff import Backoff
 
 # Lambda retries throttles and system errors "with an interval growing exponentially from 1 s to a
 # maximum of 5 min", without consuming MaximumRetryAttempts.
-SYSTEM_RETRY_FIRST_DELAY = 1.0
-SYSTEM_RETRY_MAX_DELAY = 300.0
+SYSTEM_RETRY = Backoff(first=1.0, cap=300.0)
+# A destination that refused a record is retried quickly at first; the record is kept until written.
+DESTINATION_RETRY = Backoff(first=0.5, cap=30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +41,13 @@ def retry_delay(delays: Sequence[float], retry_number: int) -> float:
     return float(delays[min(max(retry_number, 1), len(delays)) - 1])
 
 
-def age_exceeded(mapping: BucketMapping, *, accepted_at: float, at: float) -> bool:
+def age_exceeded(mapping: AsyncInvokeSettings, *, accepted_at: float, at: float) -> bool:
     """True when an event would be older than MaximumEventAgeInSeconds at time `at`."""
     return at - accepted_at > mapping.maximum_event_age_in_seconds
 
 
 def after_function_error(
-    mapping: BucketMapping, *, invoke_count: int, accepted_at: float, now: float
+    mapping: AsyncInvokeSettings, *, invoke_count: int, accepted_at: float, now: float
 ) -> Decision:
     """After the `invoke_count`-th invocation ended in a function error.
 
@@ -62,23 +64,11 @@ def after_function_error(
     return RetryAt(due_at=now + delay, delay=delay)
 
 
-def system_retry_delay(consecutive_errors: int) -> float:
-    """Backoff for errors that were not the function's (the pool refused or broke): 1, 2, 4 … 300 s."""
-    exponent = min(max(consecutive_errors, 1) - 1, 16)
-    return float(min(SYSTEM_RETRY_FIRST_DELAY * (2**exponent), SYSTEM_RETRY_MAX_DELAY))
-
-
 def after_system_error(
-    mapping: BucketMapping, *, consecutive_errors: int, accepted_at: float, now: float
+    mapping: AsyncInvokeSettings, *, consecutive_errors: int, accepted_at: float, now: float
 ) -> Decision:
     """Throttle-like failures are retried until the event's maximum age, never counted as attempts."""
-    delay = system_retry_delay(consecutive_errors)
+    delay = SYSTEM_RETRY.delay(consecutive_errors)
     if age_exceeded(mapping, accepted_at=accepted_at, at=now + delay):
         return GiveUp(Condition.EVENT_AGE_EXCEEDED)
     return RetryAt(due_at=now + delay, delay=delay)
-
-
-def delivery_retry_delay(consecutive_failures: int, *, first: float = 0.5, cap: float = 30.0) -> float:
-    """Backoff for a destination that refused a record; the record is kept until it is written."""
-    exponent = min(max(consecutive_failures, 1) - 1, 16)
-    return float(min(first * (2**exponent), cap))

@@ -209,6 +209,9 @@ class ClaimRequest:
     stage: Stage
     limit: int
     budget: str  # key into the budgets of `claim_many`: lanes sharing a function share its free slots
+    # Take events due by this time instead of now (math.inf: everything, retries scheduled later
+    # included; a deleted mapping's events are drained that way).
+    due_by: float | None = None
 
 
 # Settlements wait at most this long for company before they are committed on their own …
@@ -550,7 +553,8 @@ class AsyncQueue:
             claims: list[Claim] = []
             for request in requests:
                 limit = max(0, min(request.limit, left.get(request.budget, 0)))
-                claim = self._claim_sync(conn, request.mapping, request.stage, limit, now)
+                due_by = now if request.due_by is None else request.due_by
+                claim = self._claim_sync(conn, request.mapping, request.stage, limit, due_by)
                 left[request.budget] = left.get(request.budget, 0) - len(claim.events)
                 claims.append(claim)
             return claims

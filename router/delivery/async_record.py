@@ -26,6 +26,11 @@ class Condition(StrEnum):
     # LocalStack's spelling (approximateInvokeCount 0, no response parts), which tools that
     # already know LocalStack recognise.
     ZERO_RESERVED_CONCURRENCY = "ZeroReservedConcurrency"
+    # router's own: the mapping was deleted while its events were queued; they go to its
+    # on-failure destination uninvoked (the record reports their earlier attempts, if any),
+    # rather than being dropped with it. Lambda has no such case (an S3 trigger cannot be
+    # deleted from under queued events), so the name says plainly what happened.
+    EVENT_SOURCE_MAPPING_DELETED = "EventSourceMappingDeleted"
 
 
 def iso_millis(moment: datetime) -> str:

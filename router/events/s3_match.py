@@ -63,14 +63,18 @@ def rule_matches(rule: BucketNotifications, *, bucket: str, event_name: str, key
 
 
 class MappingMatcher:
-    """The enabled bucket mappings of one transport, looked up by bucket."""
+    """The bucket mappings of one transport, looked up by bucket.
+
+    Disabled mappings match too: their events are queued and wait there, uninvoked, until the
+    mapping is enabled again (the queue is the push path's checkpoint), as records written to a
+    stream while its mapping is disabled wait in the stream."""
 
     def __init__(self, mappings: Iterable[tuple[str, BucketMapping]], transport: Transport) -> None:
         self.transport = transport
         self._by_bucket: dict[str, list[tuple[str, BucketMapping]]] = {}
         for name, mapping in mappings:
             rule = mapping.bucket_notifications
-            if mapping.enabled and rule.transport == transport:
+            if rule.transport == transport:
                 self._by_bucket.setdefault(rule.bucket, []).append((name, mapping))
 
     @classmethod

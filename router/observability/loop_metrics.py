@@ -78,6 +78,12 @@ class _Labelled(Generic[Child]):
             child = self._children[key] = self._new_child()
         return child
 
+    def remove_by_labels(self, labels: dict[str, str]) -> None:
+        """Forget every child whose labels include these (prometheus_client's method of that name)."""
+        where = {self._labelnames.index(name): str(value) for name, value in labels.items()}
+        for key in [k for k in self._children if all(k[i] == v for i, v in where.items())]:
+            del self._children[key]
+
     def _new_child(self) -> Child:
         raise NotImplementedError
 

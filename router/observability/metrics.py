@@ -82,5 +82,18 @@ class Metrics:
         self.broker_connected = Gauge(
             "router_broker_connected", "1 while the broker connection is up.", ["broker"], registry=r)
 
+    def forget_mapping(self, mapping: str) -> None:
+        """Remove every series of a deleted mapping, so dashboards and alerts stop seeing it."""
+        self._forget("mapping", mapping)
+
+    def forget_function(self, function: str) -> None:
+        self._forget("function", function)
+
+    def _forget(self, label: str, value: str) -> None:
+        for metric in vars(self).values():
+            labelnames = getattr(metric, "_labelnames", ())
+            if label in labelnames:
+                metric.remove_by_labels({label: value})
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -31,7 +31,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -128,7 +128,7 @@ class _Waiter:
     future: asyncio.Future[_Started | None]
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a retired and a new version of a function are two objects
 class _Function:
     """One function's environments and the queue of invocations waiting for one."""
 
@@ -151,6 +151,10 @@ class _Function:
     in_flight: int = 0
     invocations: int = 0
     cold_starts: int = 0
+    # Replaced or removed by a config reload: serves the invocations already queued for it, and
+    # each environment ends as soon as nothing waits for it (`stop_env`).
+    retired: bool = False
+    stop_env: Callable[[ExecutionEnvironment], None] | None = None
 
     @property
     def limit(self) -> int:
@@ -219,6 +223,8 @@ class _Function:
             return
         if env is None:
             self.slots -= 1
+        elif self.retired and self.stop_env is not None:
+            self.stop_env(env)
         else:
             self.idle.append(env)
 
@@ -244,6 +250,10 @@ class WorkerPool:
         # Not fork: the daemon is a multi-threaded asyncio process holding broker sockets.
         self._mp = multiprocessing.get_context("spawn")
         self._functions = {name: self._function(name, fc) for name, fc in config.functions.items()}
+        # Functions a reload replaced or removed, until their last environment has ended.
+        self._retiring: set[_Function] = set()
+        self._stopping: set[asyncio.Task[Exited]] = set()
+        self._asked_to_stop: set[ExecutionEnvironment] = set()
         self._closed = False
         self._watchdog: asyncio.Task[None] | None = None
         self._outcome_counters: dict[tuple[str, str], Any] = {}
@@ -279,6 +289,57 @@ class WorkerPool:
             log_lifecycle=_enabled(log, logging.DEBUG), log_report=_enabled(log, logging.INFO),
         )
 
+    # -- configuration ----------------------------------------------------------------------------
+
+    def configure(self, functions: Mapping[str, FunctionConfig]) -> list[str]:
+        """Take the functions of a reloaded config; returns the names that changed.
+
+        A new function is available at once. A changed or removed one is retired: its idle
+        environments stop now, busy ones once their invocation (and any invocation already queued
+        for them) is done, while new invocations of a changed function start environments with its
+        new configuration. Until the old ones are gone a changed function may briefly run more
+        environments than its new reserved concurrency."""
+        changed = []
+        for name, fn in list(self._functions.items()):
+            new = functions.get(name)
+            if new == fn.config:
+                continue
+            changed.append(name)
+            del self._functions[name]
+            self._retire(fn)
+            if new is None and self._metrics is not None:
+                self._metrics.forget_function(name)
+                self._outcome_counters = {k: c for k, c in self._outcome_counters.items() if k[0] != name}
+        for name, fc in functions.items():
+            if name not in self._functions:
+                self._functions[name] = self._function(name, fc)
+                if name not in changed:
+                    changed.append(name)
+        return changed
+
+    def _retire(self, fn: _Function) -> None:
+        fn.retired = True
+        fn.stop_env = self._stop_env
+        if fn.envs:
+            self._retiring.add(fn)
+        for env in list(fn.idle):
+            fn.idle.remove(env)
+            self._stop_env(env)
+
+    def _stop_env(self, env: ExecutionEnvironment) -> None:
+        self._asked_to_stop.add(env)
+        task = asyncio.get_running_loop().create_task(env.stop(CLOSE_GRACE_SECONDS))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    def reserved_concurrency(self, function: str) -> int:
+        """The function's reserved concurrency now (0 for a function that is not configured)."""
+        fn = self._functions.get(function)
+        return fn.limit if fn is not None else 0
+
+    def functions(self) -> dict[str, FunctionConfig]:
+        return {name: fn.config for name, fn in self._functions.items()}
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -292,7 +353,7 @@ class WorkerPool:
             self._watchdog.cancel()
             self._watchdog = None
         envs: list[ExecutionEnvironment] = []
-        for fn in self._functions.values():
+        for fn in [*self._functions.values(), *self._retiring]:
             while fn.waiters:
                 waiter = fn.waiters.popleft()
                 if not waiter.future.done():
@@ -300,6 +361,8 @@ class WorkerPool:
             envs.extend(fn.envs)
         if envs:
             await asyncio.gather(*(env.stop(CLOSE_GRACE_SECONDS) for env in envs))
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
         functions: dict[str, Any] = {}
@@ -414,7 +477,11 @@ class WorkerPool:
             code_path=fn.code_path,
             data_limit_bytes=(fn.config.memory_size * _DATA_LIMIT_FACTOR + _DATA_LIMIT_SLACK_MB) * _MB,
         )
-        env = ExecutionEnvironment(spec, self._mp, on_log=self._on_log, on_exit=self._on_exit, on_idle=fn.release)
+        env = ExecutionEnvironment(
+            spec, self._mp, on_idle=fn.release,
+            on_log=lambda env, request_id, stream, text: self._on_log_line(fn, request_id, stream, text),
+            on_exit=lambda env, exited: self._on_exit(fn, env, exited),
+        )
         fn.cold_starts += 1
         try:
             fn.envs.add(env)
@@ -549,10 +616,6 @@ class WorkerPool:
 
     # -- environment events -----------------------------------------------------------------------
 
-    def _on_log(self, env: ExecutionEnvironment, request_id: str | None, stream: str, text: str) -> None:
-        fn = self._functions[env.spec.function_name]
-        self._on_log_line(fn, request_id, stream, text)
-
     def _on_log_line(self, fn: _Function, request_id: str | None, stream: str, text: str) -> None:
         # A logging record (or context.log) is one event even across lines, as in CloudWatch;
         # printed output is one event per line.
@@ -561,12 +624,15 @@ class WorkerPool:
         for message in messages:
             fn.log.info("function.log", request_id=request_id, stream=stream, message=message)
 
-    def _on_exit(self, env: ExecutionEnvironment, exited: Exited) -> None:
-        fn = self._functions[env.spec.function_name]
+    def _on_exit(self, fn: _Function, env: ExecutionEnvironment, exited: Exited) -> None:
         fn.forget(env)
         fn.slot_freed()
+        if fn.retired and not fn.envs:
+            self._retiring.discard(fn)
+        asked = env in self._asked_to_stop
+        self._asked_to_stop.discard(env)
         reason = _RESTART_REASONS.get(exited.reason)
-        if reason is not None and not self._closed:
+        if reason is not None and not self._closed and not asked:
             if self._metrics is not None:
                 self._metrics.worker_restarts.labels(fn.name, reason).inc()
             fn.log.warning(
@@ -587,7 +653,7 @@ class WorkerPool:
         invocation), as Lambda's memory cgroup would."""
         while True:
             await asyncio.sleep(MEMORY_WATCH_INTERVAL)
-            for fn in self._functions.values():
+            for fn in [*self._functions.values(), *self._retiring]:
                 limit = fn.config.memory_size * _MB
                 for env in list(fn.envs):
                     if env.state == "idle" or env.state == "dead":

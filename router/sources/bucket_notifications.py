@@ -13,14 +13,14 @@ functions. Records matching no mapping are counted and dropped, as S3 drops even
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import structlog
 
-from router.config import Config
+from router.config import BucketMapping, Config
 from router.delivery.async_queue import AsyncQueue, EnqueueResult, QueuedEvent
 from router.delivery.dead_letter import DeadLetter
 from router.events.dedup import dedup_key
@@ -61,9 +61,15 @@ class NotificationRouter:
         self._metrics = metrics
         self._on_enqueued = on_enqueued
         self._log = log or structlog.get_logger("router.notifications")
-        self._matchers: dict[Transport, MappingMatcher] = {
-            "mqtt": MappingMatcher.from_config(config, "mqtt"),
-            "webhook": MappingMatcher.from_config(config, "webhook"),
+        self._matchers: dict[Transport, MappingMatcher] = {}
+        self.set_mappings(config.bucket_mappings())
+
+    def set_mappings(self, mappings: Mapping[str, BucketMapping]) -> None:
+        """The bucket mappings notifications are matched against from now on (a payload being
+        routed finishes with the set it started with)."""
+        self._matchers = {
+            "mqtt": MappingMatcher(mappings.items(), "mqtt"),
+            "webhook": MappingMatcher(mappings.items(), "webhook"),
         }
 
     def matcher(self, transport: Transport) -> MappingMatcher:

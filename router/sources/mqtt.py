@@ -6,8 +6,8 @@ module is a thin asyncio adapter around paho-mqtt 2.x with `manual_ack=True`, dr
 aiomqtt drives it: the socket is registered with the event loop (paho's `loop_read`/`loop_write`
 run as reader/writer callbacks, `loop_misc` once a second for keep-alive), so there is no network
 thread competing for the GIL, and every callback runs on the loop. Only the blocking TCP/TLS
-connect runs in an executor. Reconnects back off exponentially (1 s doubling to 10 s) and the
-back-off resets once a connection was established.
+connect runs in an executor. Reconnects back off exponentially (1 s doubling to 10 s, jittered) and
+the back-off resets once a connection was established.
 
 Guarantees:
 * The session is persistent (MQTT 5, clean start off, session expiry from the config, fixed client
@@ -20,6 +20,10 @@ Guarantees:
   routed concurrently up to the Receive Maximum announced to the broker, so commits share fsyncs.
 * With `shared_subscription_group`, each topic is subscribed as `$share/<group>/<topic>`, so the
   replicas of a deployment split the notifications between them.
+* The topic filters follow the mappings while the client runs (`set_topics`): new filters are
+  SUBSCRIBEd and dropped ones UNSUBSCRIBEd on the open connection, without a reconnect, and every
+  reconnect subscribes to the current set. The source is ready only while every filter it wants is
+  acknowledged by a SUBACK.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import collections
 import contextlib
 import ssl
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,17 +46,17 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from router.config import Config, MqttConfig
+from router.delivery.backoff import Backoff
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.sources.bucket_notifications import NotificationRouter
 
 # Unacknowledged messages the broker may send us at once (MQTT 5 Receive Maximum).
 RECEIVE_MAXIMUM = 256
-RECONNECT_MIN_DELAY = 1.0
-RECONNECT_MAX_DELAY = 10.0
+# Jittered, so replicas that lost the same broker do not all reconnect in the same instant.
+RECONNECT = Backoff(first=1.0, cap=10.0, jitter=True)
 # A payload the queue could not take is retried in place (its PUBACK withheld) with this back-off.
-ACCEPT_RETRY_MIN = 0.2
-ACCEPT_RETRY_MAX = 10.0
+ACCEPT_RETRY = Backoff(first=0.2, cap=10.0)
 STOP_DRAIN_SECONDS = 10.0
 # Packets read per readiness callback at most, so one busy socket cannot starve the loop.
 READ_BURST = 256
@@ -116,8 +121,8 @@ class _Connection:
     generation: int
     closed: asyncio.Future[str]
     connected: bool = False  # CONNACK received: acknowledgements can go out
-    subscribed: bool = False  # SUBACK received: the broker now routes notifications to us
-    subscribe_mid: int | None = None
+    granted: set[str] = field(default_factory=set)  # subscriptions the broker acknowledged
+    requests: dict[int, list[str]] = field(default_factory=dict)  # SUBSCRIBE mid -> its filters
     session_present: bool = False
     fds: set[int] = field(default_factory=set)
 
@@ -140,20 +145,22 @@ class MqttNotificationSource:
         board: ProgressBoard,
         log: Any = None,
         receive_maximum: int = RECEIVE_MAXIMUM,
+        topics: Sequence[str] | None = None,
     ) -> None:
         if config.mqtt is None:
             raise ValueError("the MQTT source needs an mqtt section")
         self._settings: MqttConfig = config.mqtt
         self._router = router
         self._metrics = metrics
+        self._board = board
         self._tracker = board.tracker("mqtt", kind="broker")
         # Not ready until subscribed: the HTTP server (and /readyz) starts before the sources do.
         self._tracker.set_up(False, "not connected yet")
         self._log = log or structlog.get_logger("router.mqtt")
         self._receive_maximum = receive_maximum
-        group = self._settings.shared_subscription_group
-        self.topics = router.matcher("mqtt").topics()
-        self.subscriptions = [f"$share/{group}/{t}" if group else t for t in self.topics]
+        self.topics: list[str] = []
+        self.subscriptions: list[str] = []
+        self._topics_changed(router.matcher("mqtt").topics() if topics is None else topics)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -174,6 +181,7 @@ class MqttNotificationSource:
         """Begin connecting in the background; a broker that is down is retried, not fatal."""
         if self._runner is not None:
             return
+        self._tracker = self._board.tracker("mqtt", kind="broker")
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopping = False
@@ -204,13 +212,36 @@ class MqttNotificationSource:
         self._runner = None
         self._window.clear()
         self._set_state("stopped", "")
+        self._board.remove("mqtt")  # nothing is received any more, so nothing can stall
+
+    async def set_topics(self, topics: Sequence[str]) -> None:
+        """Subscribe to exactly `topics` from now on: on the open connection at once (SUBSCRIBE
+        for the new filters, UNSUBSCRIBE for the dropped ones), on every later connection at CONNACK."""
+        before = set(self.subscriptions)
+        self._topics_changed(topics)
+        connection = self._connection
+        if connection is None or not connection.connected:
+            return
+        after = set(self.subscriptions)
+        dropped = sorted(before - after)
+        if dropped:
+            connection.client.unsubscribe(dropped)
+            connection.granted -= set(dropped)
+            self._log.info("mqtt.unsubscribed", subscriptions=dropped)
+        self._subscribe(connection, [s for s in self.subscriptions if s not in connection.granted])
+        self._update_readiness(connection)
+
+    def _topics_changed(self, topics: Sequence[str]) -> None:
+        group = self._settings.shared_subscription_group
+        self.topics = sorted(set(topics))
+        self.subscriptions = [f"$share/{group}/{t}" if group else t for t in self.topics]
 
     def status(self) -> dict[str, Any]:
         connection = self._connection
         return {
             "state": self._state,
             "connected": bool(connection and connection.connected),
-            "subscribed": bool(connection and connection.subscribed),
+            "subscribed": bool(connection and self._all_granted(connection)),
             "client_id": self._settings.client_id,
             "broker": f"{self._settings.host}:{self._settings.port}",
             "subscriptions": list(self.subscriptions),
@@ -222,17 +253,15 @@ class MqttNotificationSource:
     # -- connecting --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = RECONNECT_MIN_DELAY
+        failures = 0
         try:
             while not self._stopping:
                 established = await self._connect_once()
                 if self._stopping:
                     break
-                if established:
-                    delay = RECONNECT_MIN_DELAY
+                failures = 1 if established else failures + 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), delay)
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                    await asyncio.wait_for(self._wakeup.wait(), RECONNECT.delay(failures))
         finally:
             connection, self._connection = self._connection, None
             if connection is not None:
@@ -435,17 +464,26 @@ class MqttNotificationSource:
         connection.session_present = bool(getattr(flags, "session_present", False))
         self._stats["connects"] += 1
         self._last_error = None
-        if not self.subscriptions:
-            self._subscribed(connection)
-            return
         # Ready only once the SUBACK is in: a notification published before the broker has our
         # subscription (a first start, or $share after a broker restart) reaches nobody.
-        _, connection.subscribe_mid = connection.client.subscribe(
-            [(topic, SubscribeOptions(qos=1)) for topic in self.subscriptions])
+        self._subscribe(connection, self.subscriptions)
+        self._update_readiness(connection)
 
-    def _subscribed(self, connection: _Connection) -> None:
-        connection.subscribed = True
-        self._set_state("connected", f"session_present={connection.session_present}")
+    def _subscribe(self, connection: _Connection, subscriptions: list[str]) -> None:
+        if not subscriptions:
+            return
+        result, mid = connection.client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in subscriptions])
+        if result == paho.MQTT_ERR_SUCCESS and mid is not None:
+            connection.requests[mid] = list(subscriptions)
+
+    def _all_granted(self, connection: _Connection) -> bool:
+        return connection.connected and set(self.subscriptions) <= connection.granted
+
+    def _update_readiness(self, connection: _Connection) -> None:
+        if self._all_granted(connection):
+            self._set_state("connected", f"session_present={connection.session_present}")
+        elif self._state != "refused":
+            self._set_state("subscribing", f"{len(self.subscriptions) - len(connection.granted)} awaiting SUBACK")
 
     def _on_disconnect(self, generation: int, reason: ReasonCode) -> None:
         connection = self._current(generation)
@@ -458,16 +496,22 @@ class MqttNotificationSource:
 
     def _on_subscribe(self, generation: int, mid: int, reasons: list[ReasonCode]) -> None:
         connection = self._current(generation)
-        if connection is None or mid != connection.subscribe_mid:
+        if connection is None or mid not in connection.requests:
             return
-        refused = [f"{topic}: {reason}" for topic, reason in zip(self.subscriptions, reasons, strict=False)
+        requested = connection.requests.pop(mid)
+        refused = [f"{topic}: {reason}" for topic, reason in zip(requested, reasons, strict=False)
                    if reason.is_failure]
+        wanted = set(self.subscriptions)
+        connection.granted |= {topic for topic, reason in zip(requested, reasons, strict=False)
+                               if not reason.is_failure and topic in wanted}
         if refused:
             self._last_error = "subscription refused: " + "; ".join(refused)
             self._log.error("mqtt.subscribe_refused", subscriptions=refused)
             self._set_state("refused", self._last_error)
             return
-        self._subscribed(connection)
+        if self._state == "refused" and self._all_granted(connection):
+            self._state = "subscribing"
+        self._update_readiness(connection)
 
     def _on_message(self, generation: int, message: paho.MQTTMessage) -> None:
         if self._stopping:
@@ -482,7 +526,7 @@ class MqttNotificationSource:
 
     async def _route(self, batch: list[tuple[_Pending, bytes, str]]) -> None:
         items = [(payload, topic) for _, payload, topic in batch]
-        delay = ACCEPT_RETRY_MIN
+        failures = 0
         try:
             while True:
                 try:
@@ -492,6 +536,8 @@ class MqttNotificationSource:
                     # The queue (or the disk) refused: keep the PUBACKs back and try again, so the
                     # notifications are neither lost nor blocking forever.
                     self._stats["accept_errors"] += 1
+                    failures += 1
+                    delay = ACCEPT_RETRY.delay(failures)
                     self._last_error = f"{type(exc).__name__}: {exc}"[:300]
                     self._log.error("mqtt.accept_failed", notifications=len(items), error_type=type(exc).__name__,
                                     error=str(exc)[:300], retry_in_seconds=delay)
@@ -500,7 +546,6 @@ class MqttNotificationSource:
                             pending.abandoned = True
                         return
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, ACCEPT_RETRY_MAX)
             for pending, _, _ in batch:
                 pending.done = True
         except asyncio.CancelledError:

@@ -24,6 +24,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from gate_support import Gate
 
+from router.app import build_async_invoker
 from router.config import Config, load_config_data
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.async_queue import AsyncQueue, QueuedEvent
@@ -93,9 +94,9 @@ class Stack:
 async def running(config: Config, *, start_invoker: bool = True) -> AsyncIterator[Stack]:
     metrics = Metrics()
     pool = WorkerPool(config, metrics=metrics)
-    queue = AsyncQueue(config.state_dir / "async-queue.sqlite3")
+    queue = AsyncQueue(config.state_dir / "async-queue.sqlite3", metrics=metrics)
     destinations = DestinationFactory(config, metrics=metrics, timeout=3)
-    invoker = AsyncInvoker(config, queue, pool, destinations, metrics=metrics, board=ProgressBoard(60))
+    invoker = build_async_invoker(config, queue, pool, destinations, metrics=metrics, board=ProgressBoard(60))
     await pool.start()
     await queue.open()
     if start_invoker:
@@ -250,8 +251,8 @@ async def test_a_retry_scheduled_before_a_restart_resumes_after_it(
 
 DAEMON = """
 import asyncio, json, sys
+from router.app import build_async_invoker
 from router.config import load_config_data
-from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.async_queue import AsyncQueue, QueuedEvent
 from router.delivery.destinations import DestinationFactory
 from router.observability.metrics import Metrics
@@ -262,9 +263,9 @@ async def main():
     config = load_config_data(json.loads(sys.argv[1]))
     metrics = Metrics()
     pool = WorkerPool(config, metrics=metrics)
-    queue = AsyncQueue(config.state_dir / "async-queue.sqlite3")
-    invoker = AsyncInvoker(config, queue, pool, DestinationFactory(config), metrics=metrics,
-                           board=ProgressBoard(60))
+    queue = AsyncQueue(config.state_dir / "async-queue.sqlite3", metrics=metrics)
+    invoker = build_async_invoker(config, queue, pool, DestinationFactory(config), metrics=metrics,
+                                  board=ProgressBoard(60))
     await pool.start()
     await queue.open()
     await queue.enqueue([QueuedEvent("photos", "thumbnail", {"Records": [{"n": 9}]})], dedup_window=0)

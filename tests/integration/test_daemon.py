@@ -189,6 +189,28 @@ def test_startup_failures_are_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "functions.f.handler" in done.stderr
 
 
+async def test_a_queue_that_cannot_open_is_one_line_and_unwinds_what_started(tmp_path: Path) -> None:
+    from router.app import StartupError, build, start
+    from router.config import load_config_data
+    from router.devstack import free_port
+
+    state = tmp_path / "state"
+    (state / "async-queue.sqlite3").mkdir(parents=True)  # SQLite cannot open a directory
+    port = free_port()
+    app = await build(load_config_data({"state_dir": str(state), "http": {"listen": f"127.0.0.1:{port}"}}))
+    with pytest.raises(StartupError) as failure:
+        await start(app)
+    assert str(failure.value).startswith(f"state_dir {state}: cannot open the async queue async-queue.sqlite3")
+    assert "\n" not in str(failure.value)
+    # the HTTP port that was bound first is free again, and the pool is closed
+    probe = __import__("socket").socket()
+    try:
+        probe.bind(("127.0.0.1", port))
+    finally:
+        probe.close()
+    assert app.pool._closed
+
+
 def test_router_status_renders_the_running_daemon(
     kafka: Tansu, topic: Callable[..., str], daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
 ) -> None:

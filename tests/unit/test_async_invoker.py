@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pytest
 
 from router.config import Config, load_config_data
+from router.delivery.async_delivery import AsyncDelivery
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.async_queue import AsyncQueue, QueuedEvent
 from router.delivery.destinations import Destination, DestinationError, DestinationFactory
@@ -161,7 +162,14 @@ async def build(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Harness
         metrics = Metrics()
         board = ProgressBoard(60)
         destinations = MemoryDestinations(config)
-        invoker = AsyncInvoker(config, queue, pool, destinations, metrics=metrics, board=board, clock=clock)
+        delivery = AsyncDelivery(queue, destinations, metrics=metrics, clock=clock,
+                                 function_arn=lambda function: config.function_arn(function, "$LATEST"))
+        concurrency = {name: fn.reserved_concurrent_executions for name, fn in config.functions.items()}
+        invoker = AsyncInvoker(queue, pool, delivery, concurrency=concurrency.__getitem__, metrics=metrics,
+                               board=board, clock=clock)
+        queue.metrics = metrics
+        for name, mapping in config.bucket_mappings().items():
+            invoker.set_lane(name, mapping.function_name, mapping, enabled=mapping.enabled)
         await invoker.start()
         harness = Harness(config, queue, pool, destinations, metrics, board, invoker)
         made.append(harness)
@@ -430,4 +438,83 @@ async def test_events_claimed_ahead_are_bounded_and_given_back_on_stop(build: An
     await h.invoker.stop(0.05)
     assert len((await h.queue.claim("m", "invoke", 10)).events) == 10  # nothing was lost in memory
     gate.set()
+    await h.queue.close()
+
+
+# -- lanes that change while the invoker runs (the mapping supervisor's side) ---------------------
+
+
+async def test_a_disabled_lane_keeps_its_events_and_enabling_resumes_them(build: Any) -> None:
+    h: Harness = await build({"m": {}}, lambda f, e: _ok(h))
+    mapping = h.config.bucket_mappings()["m"]
+    h.invoker.set_lane("m", "fn", mapping, enabled=False)
+    await h.enqueue("m", 3)
+    await asyncio.sleep(0.2)
+    assert h.pool.calls == []
+    await h.invoker._refresh_stats(force=True)
+    assert h.invoker.status()["mappings"]["m"]["state"] == "Disabled"
+    assert h.invoker.status()["mappings"]["m"]["depth"] == 3
+    assert not h.board.tracker("async:m").pending  # a disabled backlog is not a stall
+    h.invoker.set_lane("m", "fn", mapping, enabled=True)
+    await until(lambda: len(h.pool.calls) == 3)
+    await h.invoker.stop(1)
+    assert sorted(e["Records"][0]["n"] for _, e in h.pool.calls) == [0, 1, 2]
+    await h.queue.close()
+
+
+async def test_a_retired_lane_sends_every_remaining_event_to_on_failure_uninvoked(build: Any) -> None:
+    fail_once = {"n": 0}
+
+    async def handler(f: str, e: Any) -> InvocationResult:
+        fail_once["n"] += 1
+        return failed(h.pool)
+
+    spec = {"maximum_retry_attempts": 2, "retry_delays_seconds": [300], "destination_config": FAIL}
+    h: Harness = await build({"m": spec}, handler)
+    await h.enqueue("m", 1)
+    await until(lambda: len(h.pool.calls) == 1 and not h.invoker._tasks)  # one retry now due in 300 s
+    h.invoker.set_lane("m", "fn", h.config.bucket_mappings()["m"], enabled=False)
+    await h.enqueue("m", 2)
+    h.invoker.retire_lane("m")
+    assert "async:m" not in {t.name for t in h.board.trackers()}  # cannot make the daemon unready
+    dest = h.destinations.made.setdefault("s3://failed/photos/", MemoryDestination("s3://failed/photos/"))
+    await until(lambda: len(dest.records) == 3)
+    assert len(h.pool.calls) == 1  # nothing was invoked after the mapping was deleted
+    contexts = sorted((r["requestContext"]["approximateInvokeCount"], r["requestContext"]["condition"])
+                      for _, r in dest.records)
+    assert contexts == [(0, "EventSourceMappingDeleted"), (0, "EventSourceMappingDeleted"),
+                        (1, "EventSourceMappingDeleted")]
+    invoked = next(r for _, r in dest.records if r["requestContext"]["approximateInvokeCount"] == 1)
+    assert invoked["responsePayload"]["errorType"] == "ValueError"  # what its one attempt gave
+    assert await h.queue.stats() == {}
+    await until(lambda: "m" not in h.invoker.status()["mappings"], timeout=5)  # forgotten once empty
+    assert h.sample("router_on_failure_records_total", mapping="m") == 0  # its series went with it
+    await h.invoker.stop(1)
+    await h.queue.close()
+
+
+async def test_a_retired_lane_without_destination_keeps_its_events_until_the_mapping_returns(build: Any) -> None:
+    h: Harness = await build({"m": {}}, lambda f, e: _ok(h))
+    mapping = h.config.bucket_mappings()["m"]
+    h.invoker.set_lane("m", "fn", mapping, enabled=False)
+    await h.enqueue("m", 2)
+    h.invoker.retire_lane("m")
+    await until(lambda: h.invoker.status()["mappings"].get("m", {}).get("state", "").startswith("not dispatched"),
+                timeout=5)
+    assert h.invoker.status()["mappings"]["m"]["depth"] == 2
+    assert h.pool.calls == []
+    h.invoker.set_lane("m", "fn", mapping)  # the mapping is back: its events run
+    await until(lambda: len(h.pool.calls) == 2)
+    await h.invoker.stop(1)
+    await h.queue.close()
+
+
+async def test_a_lane_added_while_running_is_dispatched(build: Any) -> None:
+    h: Harness = await build({"m": {}}, lambda f, e: _ok(h))
+    await h.enqueue("late", 2)  # queued before its lane exists: kept, not run
+    await asyncio.sleep(0.2)
+    assert h.pool.calls == []
+    h.invoker.set_lane("late", "fn", h.config.bucket_mappings()["m"])
+    await until(lambda: len(h.pool.calls) == 2)
+    await h.invoker.stop(1)
     await h.queue.close()

@@ -8,13 +8,13 @@ import pytest
 
 from router.config import BucketMapping
 from router.delivery.async_policy import (
+    DESTINATION_RETRY,
+    SYSTEM_RETRY,
     GiveUp,
     RetryAt,
     after_function_error,
     after_system_error,
-    delivery_retry_delay,
     retry_delay,
-    system_retry_delay,
 )
 from router.delivery.async_record import Condition
 
@@ -67,7 +67,7 @@ def test_retry_that_fits_inside_the_age_is_scheduled() -> None:
 
 @pytest.mark.parametrize(("errors", "delay"), [(1, 1.0), (2, 2.0), (3, 4.0), (9, 256.0), (10, 300.0), (50, 300.0)])
 def test_system_errors_back_off_exponentially_to_five_minutes(errors: int, delay: float) -> None:
-    assert system_retry_delay(errors) == delay
+    assert SYSTEM_RETRY.delay(errors) == delay
 
 
 def test_system_errors_give_up_only_when_the_event_would_expire() -> None:
@@ -79,6 +79,6 @@ def test_system_errors_give_up_only_when_the_event_would_expire() -> None:
 
 
 def test_delivery_backoff_is_capped() -> None:
-    assert delivery_retry_delay(1) == 0.5
-    assert delivery_retry_delay(2) == 1.0
-    assert delivery_retry_delay(30) == 30.0
+    assert DESTINATION_RETRY.delay(1) == 0.5
+    assert DESTINATION_RETRY.delay(2) == 1.0
+    assert DESTINATION_RETRY.delay(30) == 30.0

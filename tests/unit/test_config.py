@@ -118,7 +118,8 @@ def test_cross_section_rules_are_reported_together() -> None:
     assert "event_source_mappings.s.function_name: unknown function 'missing'" in problems
     assert "event_source_mappings.s.kafka_topic: needs a kafka section" in problems
     assert "event_source_mappings.w.bucket_notifications.transport: webhook needs http.webhook_token" in problems
-    assert any(p.startswith("s3: a s3:// destination") for p in problems)
+    assert any(p.startswith("event_source_mappings.s.destination_config.on_failure: a s3:// destination needs")
+               for p in problems)
     assert any(p.startswith("http.admin_token: required") for p in problems)
 
 

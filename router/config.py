@@ -23,12 +23,16 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     SecretStr,
     Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from router.delivery.filter_criteria import CompiledFilters, FilterError, compile_patterns
+from router.routes.route_table import Route, RouteError, RouteTable, reserved_conflict
 
 DEFAULT_CONFIG_PATH = Path("config/router.yaml")
 CONFIG_ENV_VAR = "ROUTER_CONFIG"
@@ -189,6 +193,39 @@ class DestinationConfig(_Model):
 # event source mappings
 
 
+class Filter(_Model):
+    pattern: str  # an event pattern: a JSON object, as a string (Lambda's Filters[].Pattern)
+
+
+class FilterCriteria(_Model):
+    """Lambda's FilterCriteria: a record is invoked when it matches at least one pattern. The
+    patterns are compiled here, once per load, so a bad one is a config error with its path and
+    the stream path only runs the compiled matcher."""
+
+    filters: list[Filter]
+    _compiled: CompiledFilters | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _compile(self) -> FilterCriteria:
+        try:
+            self._compiled = compile_patterns([f.pattern for f in self.filters])
+        except FilterError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def compiled(self) -> CompiledFilters:
+        assert self._compiled is not None
+        return self._compiled
+
+    def __eq__(self, other: object) -> bool:
+        # The same patterns are the same criteria: a reload must not see a change in the compiled
+        # matcher (a new object each load) and restart a mapping that did not change.
+        return isinstance(other, FilterCriteria) and self.filters == other.filters
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class StreamMapping(_Model):
     """A Kinesis-style event source mapping whose stream is a Kafka topic."""
 
@@ -205,6 +242,7 @@ class StreamMapping(_Model):
     maximum_record_age_in_seconds: Annotated[int, Field(ge=-1, le=604_800)] = -1
     function_response_types: list[Literal["ReportBatchItemFailures"]] = Field(default_factory=list)
     destination_config: DestinationConfig = Field(default_factory=DestinationConfig)
+    filter_criteria: FilterCriteria | None = None
     enabled: bool = True
     # Not Lambda keys: Lambda's stream backoff is undocumented; these make it tunable and testable.
     retry_base_delay_seconds: Annotated[float, Field(ge=0, le=60)] = 1.0
@@ -287,6 +325,8 @@ class BucketMapping(AsyncInvokeSettings):
 
     function_name: str
     bucket_notifications: BucketNotifications
+    # Matched against the S3 record as the function receives it (`Records[0]`).
+    filter_criteria: FilterCriteria | None = None
     enabled: bool = True
 
 
@@ -314,6 +354,39 @@ EventSourceMapping = Annotated[
 ]
 
 
+# Paths router serves itself; an HTTP route may not shadow them.
+RESERVED_HTTP_PATHS = ("/healthz", "/readyz", "/metrics", "/status", "/webhooks/", "/2015-03-31/")
+
+
+class HttpRoute(_Model):
+    """A website backend: requests matching `method` and `path` invoke `function_name` with an API
+    Gateway HTTP API (payload 2.0) event; `path` is a template with `{name}` segments, a greedy
+    `{proxy+}` last segment, or `$default` for whatever no other route takes."""
+
+    function_name: str
+    method: str = "ANY"
+    path: str
+
+    @field_validator("method")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _template(self) -> HttpRoute:
+        try:
+            RouteTable([self.route("")])
+            conflict = reserved_conflict(self.path, RESERVED_HTTP_PATHS)
+        except RouteError as exc:
+            raise ValueError(f"path: {exc}") from None
+        if conflict:
+            raise ValueError(f"path: {conflict}")
+        return self
+
+    def route(self, name: str) -> Route:
+        return Route(name=name, method=self.method, path=self.path)
+
+
 # ----------------------------------------------------------------------------------------------
 # root
 
@@ -328,12 +401,13 @@ class Config(_Model):
     http: HttpConfig = Field(default_factory=HttpConfig)
     s3: S3Config | None = None
     event_source_mappings: dict[str, EventSourceMapping] = Field(default_factory=dict)
+    http_routes: dict[str, HttpRoute] = Field(default_factory=dict)
     stall_timeout_seconds: Annotated[float, Field(gt=0)] = 300
     stall_exit_seconds: Annotated[float, Field(gt=0)] | None = None
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 30
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
-    @field_validator("functions", "event_source_mappings")
+    @field_validator("functions", "event_source_mappings", "http_routes")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
@@ -391,6 +465,13 @@ def cross_checks(config: Config) -> list[str]:
     problems: list[str] = []
     for name in config.event_source_mappings:
         problems.extend(mapping_problems(config, name))
+    for name, route in config.http_routes.items():
+        if route.function_name not in config.functions:
+            problems.append(f"http_routes.{name}.function_name: unknown function {route.function_name!r}")
+    try:
+        RouteTable(route.route(name) for name, route in config.http_routes.items())
+    except RouteError as exc:
+        problems.append(f"http_routes: {exc}")
     if not config.http.is_loopback and config.http.admin_token is None:
         problems.append("http.admin_token: required when http.listen is not a loopback address")
     return problems
@@ -468,7 +549,7 @@ def _format_errors(error: ValidationError) -> list[str]:
             msg = msg.removeprefix("Value error, ")
             # Rules phrased as "field: message" move that field into the path.
             head, sep, tail = msg.partition(": ")
-            if sep and re.fullmatch(r"[a-z_][a-z0-9_.]*", head):
+            if sep and re.fullmatch(r"[a-z_][a-z0-9_.\[\]]*", head):
                 loc, msg = f"{loc}.{head}" if loc != "<root>" else head, tail
         elif item["type"] in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
             msg = _range_message(item["loc"]) or msg[0].lower() + msg[1:]

@@ -37,6 +37,7 @@ from router.config import Config, StreamMapping
 from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
 from router.delivery.destinations import Destination
+from router.delivery.record_filter import split_by_filters
 from router.delivery.stream_failure import FailureWriter, failure_record
 from router.delivery.stream_retries import Abandoned, Discard, StreamBatchPolicy
 from router.events.kinesis import (
@@ -127,6 +128,7 @@ class ShardProcessor:
             now=wall_clock, backoff=backoff, metrics=metrics, mapping_name=name, log=self._log,
         )
         self._lanes = [_Lane(i) for i in range(mapping.parallelization_factor)]
+        self._filters = mapping.filter_criteria.compiled if mapping.filter_criteria else None
         self._labels = (name, self.shard_id)
         self._set_checkpoint_metrics()
 
@@ -174,6 +176,8 @@ class ShardProcessor:
         self._held += len(fresh)
         if self._skip_before is not None:
             fresh = self._skip_old(fresh)
+        if self._filters is not None and fresh:
+            fresh = self._filter(fresh)
         loop_time = asyncio.get_running_loop().time()
         lanes = self._lanes
         if len(lanes) == 1:
@@ -213,6 +217,19 @@ class ShardProcessor:
             self._held -= keep
             self._after_progress()
         return records[keep:]
+
+    def _filter(self, records: list[StreamRecord]) -> list[StreamRecord]:
+        """Records matching no pattern are done at once, and the checkpoint is asked to move past
+        them now: a fully filtered shard commits to its end without waiting for an invocation."""
+        assert self._filters is not None
+        kept, dropped = split_by_filters(self._filters, records)
+        if dropped:
+            self.checkpoint.done(r.offset for r in dropped)
+            self._held -= len(dropped)
+            self._metrics.filtered_out_records.labels(mapping=self.name).inc(len(dropped))
+            self._after_progress()
+            self._commit()
+        return kept
 
     # -- lanes ---------------------------------------------------------------------------------------
 

@@ -41,6 +41,9 @@ class Metrics:
         self.retries = Counter(
             "router_retries", "Retried invocations (stream batches and asynchronous events).",
             ["mapping"], registry=r)
+        self.http_requests = Counter(
+            "router_http_requests", "Requests served by HTTP routes, by route and status code.",
+            ["route", "status"], registry=r)
         self.bisections = Counter(
             "router_bisections", "Stream batches split in two after a function error.",
             ["mapping"], registry=r)
@@ -55,7 +58,8 @@ class Metrics:
             "Failed attempts to write to a destination (retried; Lambda's DestinationDeliveryFailures).",
             ["mapping"], registry=r)
         self.filtered_out_records = Counter(
-            "router_filtered_out_records", "Records dropped by filters or matching no mapping.",
+            "router_filtered_out_records", "Records dropped by a mapping's filter criteria or rule, or "
+            "matching no mapping (Lambda's FilteredOutEventCount): never invoked, checkpointed past.",
             ["mapping"], registry=r)
         self.async_queue_depth = Gauge(
             "router_async_queue_depth", "Events waiting in the asynchronous invocation queue.",

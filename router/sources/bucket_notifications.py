@@ -145,6 +145,10 @@ class NotificationRouter:
                     record = event_record(
                         event, event_format=rule.event_format, region=self._config.region, configuration_id=name
                     )
+                    if mapping.filter_criteria is not None and not mapping.filter_criteria.compiled.matches(record):
+                        # Lambda's filter criteria, on the record as the function would receive it.
+                        self._metrics.filtered_out_records.labels(mapping=name).inc()
+                        continue
                     by_window.setdefault(mapping.deduplication_window_seconds, []).append(
                         QueuedEvent(name, mapping.function_name, {"Records": [record]}, key)
                     )

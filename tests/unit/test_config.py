@@ -172,3 +172,31 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
         env={"ROUTER_CONFIG": str(good), "PATH": "/usr/bin:/bin"}, cwd=tmp_path,
     )
     assert env_default.returncode == 0, env_default.stderr
+
+
+def test_filter_criteria_errors_name_the_pattern_and_equal_patterns_are_equal() -> None:
+    mapping = {"function_name": "f", "kafka_topic": "t",
+               "filter_criteria": {"filters": [{"pattern": '{"data": {"a": ["x"]}}'}, {"pattern": "{oops"}]}}
+    problems = _problems({"functions": {"f": _fn()}, "kafka": {}, "event_source_mappings": {"m": mapping}})
+    assert "event_source_mappings.m.filter_criteria.filters[1].pattern: not valid JSON" in problems
+    good = {"function_name": "f", "kafka_topic": "t", "filter_criteria": {"filters": [{"pattern": '{"a": ["x"]}'}]}}
+    data = {"functions": {"f": _fn()}, "kafka": {}, "event_source_mappings": {"m": good}}
+    # A reload of the same file must not see a change (the compiled matcher is a new object each time).
+    assert load_config_data(data).event_source_mappings == load_config_data(data).event_source_mappings
+
+
+def test_http_routes_are_validated() -> None:
+    problems = _problems({"functions": {"f": _fn()}, "http_routes": {
+        "shadow": {"function_name": "f", "path": "/{proxy+}"},
+        "health": {"function_name": "f", "method": "GET", "path": "/healthz"},
+        "bad": {"function_name": "f", "path": "/a/{proxy+}/b"},
+        "orphan": {"function_name": "nope", "path": "/x"},
+    }})
+    assert any(p.startswith("http_routes.shadow.path: route path '/{proxy+}' would match") for p in problems), problems
+    assert any(p.startswith("http_routes.health.path: ") for p in problems)
+    assert any(p.startswith("http_routes.bad.path: ") for p in problems)
+    problems = _problems({"functions": {"f": _fn()}, "http_routes": {"orphan": {"function_name": "nope", "path": "/x"},
+                                                                      "a": {"function_name": "f", "path": "/y/{a}"},
+                                                                      "b": {"function_name": "f", "path": "/y/{b}"}}})
+    assert "http_routes.orphan.function_name: unknown function 'nope'" in problems
+    assert any(p.startswith("http_routes: ") for p in problems), problems

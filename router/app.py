@@ -42,6 +42,7 @@ from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.observability.sdnotify import SystemdNotifier, watchdog_loop
 from router.reload import plan_reload
+from router.routes.handler import HttpRoutes
 from router.runtime.pool import WorkerPool
 from router.sources.bucket_notifications import NotificationRouter
 from router.sources.mqtt import MqttNotificationSource
@@ -90,6 +91,7 @@ class Router:
     notifications: NotificationRouter
     supervisor: MappingSupervisor
     webhooks: WebhookReceiver
+    routes: HttpRoutes
     mqtt: MqttNotificationSource | None = None
     http_runner: web.AppRunner | None = None
     started: bool = False
@@ -100,6 +102,7 @@ class Router:
         brokers = {t.name: {"up": t.up, "detail": t.detail} for t in self.board.trackers() if t.kind == "broker"}
         return {
             "mappings": self.supervisor.status(),
+            "http_routes": self.routes.status(),
             "brokers": brokers,
             "functions": self.pool.status(),
             "problems": self.board.problems(),
@@ -139,14 +142,15 @@ async def build(config: Config) -> Router:
     )
     mqtt = (MqttNotificationSource(config, notifications, metrics=metrics, board=board, topics=[])
             if config.mqtt is not None else None)
+    routes = HttpRoutes(config, pool, metrics=metrics)
     supervisor = MappingSupervisor(
         config, pool=pool, destinations=destinations, invoker=invoker, notifications=notifications, mqtt=mqtt,
-        metrics=metrics, board=board,
+        routes=routes, metrics=metrics, board=board,
     )
     return Router(
         config=config, metrics=metrics, board=board, pool=pool, destinations=destinations, queue=queue,
         invoker=invoker, notifications=notifications, supervisor=supervisor,
-        webhooks=WebhookReceiver(config, notifications, metrics=metrics), mqtt=mqtt,
+        webhooks=WebhookReceiver(config, notifications, metrics=metrics), routes=routes, mqtt=mqtt,
     )
 
 
@@ -159,6 +163,7 @@ async def start(app: Router) -> None:
         admin_token=config.http.admin_token, require_token=not config.http.is_loopback,
     ).register(http_app)
     app.webhooks.register(http_app)
+    app.routes.register(http_app)  # the catch-all: last, so router's own paths win
     started: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
     try:
         # The port is taken first: a daemon that cannot serve health checks must not start consuming.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from router.config import Config, mapping_problems
 
 # Applied live; every other top-level section needs a restart.
-LIVE_SECTIONS = ("functions", "event_source_mappings", "stall_timeout_seconds", "stall_exit_seconds",
+LIVE_SECTIONS = ("functions", "event_source_mappings", "http_routes", "stall_timeout_seconds", "stall_exit_seconds",
                  "shutdown_timeout_seconds")
 
 

@@ -38,6 +38,7 @@ from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.destinations import DestinationFactory
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
+from router.routes.handler import HttpRoutes
 from router.runtime.pool import WorkerPool
 from router.sources.bucket_notifications import NotificationRouter
 from router.sources.mqtt import MqttNotificationSource
@@ -68,6 +69,7 @@ class MappingSupervisor:
         invoker: AsyncInvoker,
         notifications: NotificationRouter,
         mqtt: MqttNotificationSource | None,
+        routes: HttpRoutes | None = None,
         metrics: Metrics,
         board: ProgressBoard,
         log: Any = None,
@@ -79,6 +81,7 @@ class MappingSupervisor:
         self._notifications = notifications
         self._mqtt = mqtt
         self._mqtt_started = False
+        self._routes = routes
         self._metrics = metrics
         self._board = board
         self._log = log or structlog.get_logger("router.supervisor")
@@ -114,6 +117,8 @@ class MappingSupervisor:
                     changes.updated.append(name)
                 else:
                     changes.unchanged.append(name)
+            if self._routes is not None:
+                self._routes.set_routes(config.http_routes)
             await self._apply_buckets(config.bucket_mappings())
             await self._apply_streams(config, config.stream_mappings())
             self._log_changes(changes, old, new, initial=initial)

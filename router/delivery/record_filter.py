@@ -29,8 +29,9 @@ def split_by_filters(
     kept: list[StreamRecord] = []
     dropped: list[StreamRecord] = []
     for record in records:
-        document = stream_document(partition_key=record.partition_key, sequence_number=str(record.offset),
-                                   approximate_arrival_timestamp=record.arrival, data=record.value,
-                                   parse_data=parse)
-        (kept if matches(document) else dropped).append(record)
+        document = stream_document(record.partition_key, str(record.offset), record.arrival, record.value, parse)
+        if matches(document):
+            kept.append(record)
+        else:
+            dropped.append(record)
     return kept, dropped

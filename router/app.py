@@ -44,6 +44,7 @@ from router.observability.sdnotify import SystemdNotifier, watchdog_loop
 from router.reload import plan_reload
 from router.routes.handler import HttpRoutes
 from router.runtime.pool import WorkerPool
+from router.sources.app_events import AppEventRouter
 from router.sources.bucket_notifications import NotificationRouter
 from router.sources.mqtt import MqttNotificationSource
 from router.sources.webhook import WebhookReceiver
@@ -140,12 +141,14 @@ async def build(config: Config) -> Router:
         config, queue, DeadLetter(state_dir / "dead-letter", metrics=metrics), metrics=metrics,
         on_enqueued=invoker.wake,
     )
-    mqtt = (MqttNotificationSource(config, notifications, metrics=metrics, board=board, topics=[])
+    app_events = AppEventRouter(queue, metrics=metrics, on_enqueued=invoker.wake)
+    mqtt = (MqttNotificationSource(config, notifications, metrics=metrics, board=board, topics=[],
+                                   app_events=app_events)
             if config.mqtt is not None else None)
     routes = HttpRoutes(config, pool, metrics=metrics)
     supervisor = MappingSupervisor(
         config, pool=pool, destinations=destinations, invoker=invoker, notifications=notifications, mqtt=mqtt,
-        routes=routes, metrics=metrics, board=board,
+        routes=routes, app_events=app_events, metrics=metrics, board=board,
     )
     return Router(
         config=config, metrics=metrics, board=board, pool=pool, destinations=destinations, queue=queue,

@@ -330,26 +330,53 @@ class BucketMapping(AsyncInvokeSettings):
     enabled: bool = True
 
 
+class AppEventMapping(AsyncInvokeSettings):
+    """Mobile and device apps: MQTT messages on `mqtt_topic` invoke the function asynchronously,
+    as an AWS IoT topic rule (`SELECT * FROM '<filter>'`) with a Lambda action does."""
+
+    function_name: str
+    mqtt_topic: str  # an MQTT topic filter: + one level, # the rest
+    # Opt-in: the message's topic is added to the event under this key (IoT: `SELECT *, topic() AS topic`).
+    topic_key: str | None = None
+    filter_criteria: FilterCriteria | None = None
+    enabled: bool = True
+
+    @field_validator("mqtt_topic")
+    @classmethod
+    def _topic_filter(cls, value: str) -> str:
+        levels = value.split("/")
+        if not value or "#" in value[:-1] or any(("+" in level and level != "+") for level in levels) \
+                or value.startswith("$"):
+            raise ValueError("must be an MQTT topic filter ('+' a whole level, '#' only last, no '$')")
+        return value
+
+
 def _mapping_kind(value: Any) -> str | None:
     if isinstance(value, Mapping):
         if "kafka_topic" in value:
             return "stream"
         if "bucket_notifications" in value:
             return "bucket"
+        if "mqtt_topic" in value:
+            return "app"
         return None
     if isinstance(value, StreamMapping):
         return "stream"
     if isinstance(value, BucketMapping):
         return "bucket"
+    if isinstance(value, AppEventMapping):
+        return "app"
     return None
 
 
 EventSourceMapping = Annotated[
-    Annotated[StreamMapping, Tag("stream")] | Annotated[BucketMapping, Tag("bucket")],
+    Annotated[StreamMapping, Tag("stream")] | Annotated[BucketMapping, Tag("bucket")]
+    | Annotated[AppEventMapping, Tag("app")],
     Discriminator(
         _mapping_kind,
         custom_error_type="mapping_kind",
-        custom_error_message="needs either kafka_topic (a stream) or bucket_notifications (S3 push)",
+        custom_error_message="needs kafka_topic (a stream), bucket_notifications (S3 push) or mqtt_topic "
+                             "(app events)",
     ),
 ]
 
@@ -420,6 +447,9 @@ class Config(_Model):
     def stream_mappings(self) -> dict[str, StreamMapping]:
         return {n: m for n, m in self.event_source_mappings.items() if isinstance(m, StreamMapping)}
 
+    def app_event_mappings(self) -> dict[str, AppEventMapping]:
+        return {n: m for n, m in self.event_source_mappings.items() if isinstance(m, AppEventMapping)}
+
     def bucket_mappings(self) -> dict[str, BucketMapping]:
         return {n: m for n, m in self.event_source_mappings.items() if isinstance(m, BucketMapping)}
 
@@ -457,6 +487,8 @@ def mapping_problems(config: Config, name: str) -> list[str]:
             problems.append(f"{where}.bucket_notifications.transport: mqtt needs an mqtt section")
         if transport == "webhook" and config.http.webhook_token is None:
             problems.append(f"{where}.bucket_notifications.transport: webhook needs http.webhook_token")
+    if isinstance(mapping, AppEventMapping) and config.mqtt is None:
+        problems.append(f"{where}.mqtt_topic: needs an mqtt section")
     return problems
 
 
@@ -507,7 +539,7 @@ def _interpolate(value: Any, env: Mapping[str, str], path: str, problems: list[s
 
 
 def _format_loc(loc: Iterable[int | str]) -> str:
-    parts = [str(p) for p in loc if p not in ("stream", "bucket")]
+    parts = [str(p) for p in loc if p not in ("stream", "bucket", "app")]
     return ".".join(parts) or "<root>"
 
 

@@ -33,13 +33,14 @@ from typing import Any
 
 import structlog
 
-from router.config import BucketMapping, Config, StreamMapping
+from router.config import AppEventMapping, BucketMapping, Config, StreamMapping
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.destinations import DestinationFactory
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.routes.handler import HttpRoutes
 from router.runtime.pool import WorkerPool
+from router.sources.app_events import AppEventRouter
 from router.sources.bucket_notifications import NotificationRouter
 from router.sources.mqtt import MqttNotificationSource
 from router.sources.stream_mapping import StreamMappingRunner
@@ -70,6 +71,7 @@ class MappingSupervisor:
         notifications: NotificationRouter,
         mqtt: MqttNotificationSource | None,
         routes: HttpRoutes | None = None,
+        app_events: AppEventRouter | None = None,
         metrics: Metrics,
         board: ProgressBoard,
         log: Any = None,
@@ -82,11 +84,12 @@ class MappingSupervisor:
         self._mqtt = mqtt
         self._mqtt_started = False
         self._routes = routes
+        self._app_events = app_events
         self._metrics = metrics
         self._board = board
         self._log = log or structlog.get_logger("router.supervisor")
         self._streams: dict[str, StreamMappingRunner] = {}
-        self._buckets: dict[str, BucketMapping] = {}
+        self._buckets: dict[str, BucketMapping | AppEventMapping] = {}  # push mappings: one lane each
         self._stream_specs: dict[str, StreamMapping] = {}
         self._lock = asyncio.Lock()
 
@@ -119,23 +122,27 @@ class MappingSupervisor:
                     changes.unchanged.append(name)
             if self._routes is not None:
                 self._routes.set_routes(config.http_routes)
-            await self._apply_buckets(config.bucket_mappings())
+            await self._apply_push(config.bucket_mappings(), config.app_event_mappings())
             await self._apply_streams(config, config.stream_mappings())
             self._log_changes(changes, old, new, initial=initial)
             return changes
 
-    async def _apply_buckets(self, wanted: Mapping[str, BucketMapping]) -> None:
+    async def _apply_push(self, buckets: Mapping[str, BucketMapping], apps: Mapping[str, AppEventMapping]) -> None:
+        wanted: dict[str, BucketMapping | AppEventMapping] = {**buckets, **apps}
         for name, mapping in wanted.items():
             if self._buckets.get(name) != mapping:
                 self._invoker.set_lane(name, mapping.function_name, mapping, enabled=mapping.enabled)
-        self._notifications.set_mappings(wanted)
+        self._notifications.set_mappings(buckets)
+        if self._app_events is not None:
+            self._app_events.set_mappings(apps)
         for name in set(self._buckets) - set(wanted):
             self._invoker.retire_lane(name)
-        self._buckets = dict(wanted)
+        self._buckets = wanted
         await self._apply_mqtt()
 
     async def _apply_mqtt(self) -> None:
-        topics = self._notifications.matcher("mqtt").topics()
+        topics = sorted({*self._notifications.matcher("mqtt").topics(),
+                         *(self._app_events.topics() if self._app_events is not None else [])})
         source = self._mqtt
         if source is None:
             return
@@ -219,11 +226,13 @@ class MappingSupervisor:
             queue = dict(lanes.get(name, {}))
             queue.pop("function", None)
             queue.pop("state", None)
+            source = ({"transport": mapping.bucket_notifications.transport} if isinstance(mapping, BucketMapping)
+                      else {"mqtt_topic": mapping.mqtt_topic})
             mappings[name] = {
-                "kind": "bucket",
+                "kind": _kind(mapping),
                 "function": mapping.function_name,
                 "state": "Enabled" if mapping.enabled else "Disabled",
-                "transport": mapping.bucket_notifications.transport,
+                **source,
                 "queue": queue,
                 "last_error": queue.pop("last_error", None),
             }
@@ -238,4 +247,6 @@ class MappingSupervisor:
 
 
 def _kind(mapping: Any) -> str:
-    return "stream" if isinstance(mapping, StreamMapping) else "bucket"
+    if isinstance(mapping, StreamMapping):
+        return "stream"
+    return "app" if isinstance(mapping, AppEventMapping) else "bucket"

@@ -47,8 +47,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from router.config import Config, MqttConfig
 from router.delivery.backoff import Backoff
+from router.events.s3_match import topic_matches
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
+from router.sources.app_events import AppEventRouter
 from router.sources.bucket_notifications import NotificationRouter
 
 # Unacknowledged messages the broker may send us at once (MQTT 5 Receive Maximum).
@@ -146,11 +148,13 @@ class MqttNotificationSource:
         log: Any = None,
         receive_maximum: int = RECEIVE_MAXIMUM,
         topics: Sequence[str] | None = None,
+        app_events: AppEventRouter | None = None,
     ) -> None:
         if config.mqtt is None:
             raise ValueError("the MQTT source needs an mqtt section")
         self._settings: MqttConfig = config.mqtt
         self._router = router
+        self._app_events = app_events
         self._metrics = metrics
         self._board = board
         self._tracker = board.tracker("mqtt", kind="broker")
@@ -450,7 +454,7 @@ class MqttNotificationSource:
         if state == self._state:
             return
         previous, self._state = self._state, state
-        log = self._log.info if up or state in ("connecting", "stopped") else self._log.warning
+        log = self._log.info if up or state in ("connecting", "subscribing", "stopped") else self._log.warning
         log("mqtt.state", state=state, previous=previous, detail=detail, client_id=self._settings.client_id)
 
     def _on_connect(self, generation: int, flags: Any, reason: ReasonCode) -> None:
@@ -472,7 +476,10 @@ class MqttNotificationSource:
     def _subscribe(self, connection: _Connection, subscriptions: list[str]) -> None:
         if not subscriptions:
             return
-        result, mid = connection.client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in subscriptions])
+        # A retained message is delivered when the subscription is new (a first start), not again on
+        # every reconnect of the persistent session, which keeps the subscription (retain handling 1).
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        result, mid = connection.client.subscribe([(topic, options) for topic in subscriptions])
         if result == paho.MQTT_ERR_SUCCESS and mid is not None:
             connection.requests[mid] = list(subscriptions)
 
@@ -527,10 +534,11 @@ class MqttNotificationSource:
     async def _route(self, batch: list[tuple[_Pending, bytes, str]]) -> None:
         items = [(payload, topic) for _, payload, topic in batch]
         failures = 0
+        accepted: set[str] = set()  # what a retry must not queue twice
         try:
             while True:
                 try:
-                    await self._router.accept_batch(items, transport="mqtt")
+                    await self._accept(items, accepted)
                     break
                 except Exception as exc:
                     # The queue (or the disk) refused: keep the PUBACKs back and try again, so the
@@ -554,6 +562,24 @@ class MqttNotificationSource:
             raise
         finally:
             self._acknowledge_in_order()
+
+    async def _accept(self, items: list[tuple[bytes, str]], accepted: set[str]) -> None:
+        """App events to their router, bucket notifications (and what matches nothing, to be
+        counted there) to theirs; a message on a topic both want goes to both."""
+        apps = self._app_events
+        if apps is not None and "app" not in accepted:
+            wanted = [(payload, topic) for payload, topic in items if apps.wants(topic)]
+            if wanted:
+                await apps.accept_batch(wanted)
+            accepted.add("app")
+        if "bucket" not in accepted:
+            if apps is not None:
+                buckets = self._router.matcher("mqtt").topics()
+                items = [(payload, topic) for payload, topic in items if not apps.wants(topic)
+                         or any(topic_matches(f, topic) for f in buckets)]
+            if items:
+                await self._router.accept_batch(items, transport="mqtt")
+            accepted.add("bucket")
 
     def _acknowledge_in_order(self) -> None:
         connection = self._connection

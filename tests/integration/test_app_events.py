@@ -1,0 +1,111 @@
+"""MQTT app events on a real Mosquitto: messages on an app-event mapping's topic filter invoke the
+function asynchronously, with the event an AWS IoT rule `SELECT *` would pass, through the same
+durable queue, retries and destinations as bucket notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from stream_daemon import read_topic, wait_until
+from test_push_support import metric
+from test_reload import ConfigFile, base_config, daemon
+
+from router.devstack import Mosquitto, Tansu
+
+pytestmark = pytest.mark.integration
+
+HANDLER = '''
+import json, os
+
+def handler(event, context):
+    with open(os.environ["RECORD_FILE"], "a", encoding="utf-8") as out:
+        out.write(json.dumps(event) + "\\n")
+    if event.get("fail"):
+        raise ValueError("this click is poison")
+    return {"ok": True}
+'''
+
+
+def clicks_function(tmp_path: Path) -> dict[str, Any]:
+    code = tmp_path / "clicks_code"
+    code.mkdir(exist_ok=True)
+    (code / "clicks.py").write_text(HANDLER)
+    return {"handler": "clicks.handler", "code_path": str(code), "timeout": 5,
+            "environment": {"variables": {"RECORD_FILE": str(tmp_path / "clicks.jsonl")}}}
+
+
+def seen(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "clicks.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def publish(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+    def send() -> None:
+        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"device-{os.getpid()}",
+                             protocol=paho.MQTTv5)
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        try:
+            for topic, payload in messages:
+                client.publish(topic, payload, qos=1).wait_for_publish(5)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+    await asyncio.to_thread(send)
+
+
+async def test_app_events_are_invoked_with_iot_rule_events_and_failures_reach_the_destination(
+    tmp_path: Path, mosquitto: Mosquitto, kafka: Tansu, topic: Any
+) -> None:
+    dlq = topic()
+    data = base_config(tmp_path, kafka, mosquitto)
+    data["functions"]["clicks"] = clicks_function(tmp_path)
+    file = ConfigFile(tmp_path / "router.yaml", data)
+    app_prefix = f"app{os.getpid()}"
+    file.mappings["app-clicks"] = {
+        "function_name": "clicks", "mqtt_topic": f"{app_prefix}/+/clicks", "topic_key": "topic",
+        "maximum_retry_attempts": 0, "retry_delays_seconds": [0.2],
+        "destination_config": {"on_failure": {"destination": f"kafka://{dlq}"}},
+    }
+    file.mappings["big-clicks"] = {
+        "function_name": "clicks", "mqtt_topic": f"{app_prefix}/big/#",
+        "filter_criteria": {"filters": [{"pattern": '{"n": [{"numeric": [">=", 100]}]}'}]},
+    }
+    async with daemon(file) as app:
+        assert app.mqtt is not None
+        mqtt = app.mqtt
+        await wait_until(lambda: mqtt.status()["subscribed"], 15, "the app-event subscriptions")
+        await publish(mosquitto, [
+            (f"{app_prefix}/phone-1/clicks", b'{"screen": "home", "user": "u1"}'),
+            (f"{app_prefix}/phone-2/clicks", b"not json \xff"),
+            (f"{app_prefix}/phone-2/clicks", b"[1, 2]"),
+            (f"{app_prefix}/phone-2/clicks", b""),
+            (f"{app_prefix}/phone-3/taps", b'{"screen": "never"}'),  # another topic: never delivered
+            (f"{app_prefix}/phone-1/clicks", b'{"fail": true}'),
+            (f"{app_prefix}/big/x", b'{"n": 5}'),  # filtered out
+            (f"{app_prefix}/big/x", b'{"n": 500}'),
+        ])
+        await wait_until(lambda: len(seen(tmp_path)) >= 6, 20, "the app events")
+        failed = await read_topic(kafka.bootstrap_servers, dlq, 1, timeout=20)
+        await asyncio.sleep(0.5)
+        events = seen(tmp_path)
+        objects = [e for e in events if "isBase64Encoded" not in e]
+        assert {"screen": "home", "user": "u1", "topic": f"{app_prefix}/phone-1/clicks"} in objects
+        assert {"n": 500} in objects and {"n": 5} not in objects
+        assert not any(e.get("screen") == "never" for e in events)
+        raw = sorted(base64.b64decode(e["data"]) for e in events if e.get("isBase64Encoded") is True)
+        assert raw == sorted([b"not json \xff", b"[1, 2]", b""])  # never dropped, exact bytes
+        assert len(events) == 6  # each message once (the failing one: 0 retries)
+        assert failed[0]["requestPayload"] == {"fail": True, "topic": f"{app_prefix}/phone-1/clicks"}
+        assert failed[0]["requestContext"]["condition"] == "RetriesExhausted"
+        assert mqtt.status()["acknowledged"] == 7  # every message received (taps is not subscribed) was acked
+        assert metric(app, "router_filtered_out_records_total", mapping="big-clicks") == 1
+        assert app.status()["mappings"]["app-clicks"]["kind"] == "app"

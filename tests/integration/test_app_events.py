@@ -109,3 +109,23 @@ async def test_app_events_are_invoked_with_iot_rule_events_and_failures_reach_th
         assert mqtt.status()["acknowledged"] == 7  # every message received (taps is not subscribed) was acked
         assert metric(app, "router_filtered_out_records_total", mapping="big-clicks") == 1
         assert app.status()["mappings"]["app-clicks"]["kind"] == "app"
+
+
+async def test_app_events_published_while_the_daemon_is_stopped_are_delivered_after_it_returns(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    data = base_config(tmp_path, mosquitto=mosquitto)
+    data["functions"]["clicks"] = clicks_function(tmp_path)
+    file = ConfigFile(tmp_path / "router.yaml", data)
+    where = f"offline{os.getpid()}/d1/clicks"
+    file.mappings["clicks"] = {"function_name": "clicks", "mqtt_topic": f"offline{os.getpid()}/+/clicks"}
+    async with daemon(file) as app:
+        assert app.mqtt is not None
+        mqtt = app.mqtt
+        await wait_until(lambda: mqtt.status()["subscribed"], 15, "the subscription")
+    # stopped (drained, disconnected): the persistent session keeps what is published meanwhile
+    await publish(mosquitto, [(where, json.dumps({"n": i}).encode()) for i in range(5)])
+    async with daemon(file):
+        await wait_until(lambda: len(seen(tmp_path)) >= 5, 20, "the clicks sent while stopped")
+        await asyncio.sleep(0.5)
+    assert sorted(e["n"] for e in seen(tmp_path)) == [0, 1, 2, 3, 4]

@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"router.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"router.commands.{name}":
-                continue  # not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"router.commands.{name}").register(subparsers)
     return parser
 
 

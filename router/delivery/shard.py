@@ -389,7 +389,6 @@ class ShardProcessor:
             "iterator_age_seconds": None if self.iterator_age is None else round(self.iterator_age, 3),
             "buffered_records": sum(len(lane.buffer) for lane in self._lanes),
             "in_flight": sum(1 for lane in self._lanes if lane.in_flight),  # batches (router status)
-            "in_flight_batches": sum(1 for lane in self._lanes if lane.in_flight),
             "in_flight_records": sum(lane.in_flight for lane in self._lanes),
             "paused": self.paused,
             "last_error": self.last_error,

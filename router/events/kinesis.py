@@ -18,7 +18,7 @@ Choices that are ours (Kinesis has no Kafka), fixed here so every other module a
 * **data**: base64 of the exact value bytes; a null or empty value is "".
 
 Records are never rendered as JSON on the poll path: a StreamRecord keeps the record's parts, and
-a batch travels to the worker as columns (`router.events.kinesis_batch`), where the event's dicts
+a batch travels to the worker as columns (`router.runtime.kinesis_batch`), where the event's dicts
 are built directly. Each record's size in the compact JSON event (what
 `json.dumps(event, separators=(",", ":"))` produces) is still computed exactly when it is fetched,
 by arithmetic on those parts, so the batcher respects Lambda's 6 MB invocation payload limit
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from router.config import Config
-from router.events import kinesis_batch
+from router.runtime import kinesis_batch
 from router.runtime.protocol import EVENT_KINESIS_BATCH, PackedEvent
 
 SHARD_PREFIX = "shardId-"
@@ -74,14 +74,6 @@ def offset_of(sequence: str) -> int:
         raise ValueError(f"not a sequence number: {sequence!r}")
     return int(sequence)
 
-
-def partition_key(key: bytes | None, sequence: str) -> str:
-    if key is None:
-        return sequence
-    try:
-        return key.decode("utf-8")
-    except UnicodeDecodeError:
-        return base64.b64encode(key).decode("ascii")
 
 
 @dataclass(slots=True)
@@ -197,7 +189,7 @@ class KinesisEventBuilder:
         return {"Records": [self.record(r) for r in records]}
 
     def pack(self, records: Sequence[StreamRecord]) -> PackedEvent:
-        """The invocation event for the worker pool, as columns (see router.events.kinesis_batch)."""
+        """The invocation event for the worker pool, as columns (see router.runtime.kinesis_batch)."""
         body = kinesis_batch.encode(
             self._fields, [r.offset for r in records], [r.arrival for r in records],
             [r.partition_key for r in records], [r.value for r in records],

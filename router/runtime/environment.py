@@ -296,9 +296,6 @@ class ExecutionEnvironment:
         self.kill("stop")
         return await asyncio.shield(self._exited)
 
-    async def wait_exited(self) -> Exited:
-        return await asyncio.shield(self._exited)
-
     # -- the process ------------------------------------------------------------------------------
 
     def _signal_group(self, signum: int) -> None:

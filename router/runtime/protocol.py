@@ -46,7 +46,7 @@ _RETIRE = 2  # the worker exits after this result (memory exhausted)
 # The per-invocation records below are plain slotted dataclasses, treated as immutable: a frozen
 # dataclass costs a microsecond more to build, and each is built once per invocation.
 
-# How an INVOKE's event is encoded: JSON, or a stream batch as columns (router.events.kinesis_batch).
+# How an INVOKE's event is encoded: JSON, or a stream batch as columns (router.runtime.kinesis_batch).
 EVENT_JSON = 0
 EVENT_KINESIS_BATCH = 1
 

@@ -35,8 +35,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
-from router.events import kinesis_batch
-from router.runtime import errors, fast_json, protocol
+from router.runtime import errors, fast_json, kinesis_batch, protocol
 from router.runtime.context import LambdaContext
 
 _PR_SET_PDEATHSIG = 1

@@ -134,7 +134,7 @@ class StreamMappingRunner:
             "shards": shards,
             "lag": sum(s["lag"] or 0 for s in shards.values()),
             "iterator_age_seconds": max((s["iterator_age_seconds"] or 0 for s in shards.values()), default=None),
-            "in_flight_batches": sum(s["in_flight_batches"] for s in shards.values()),
+            "in_flight": sum(s["in_flight"] for s in shards.values()),  # batches
             "last_error": source["last_error"] or next(
                 (s["last_error"] for s in shards.values() if s["last_error"]), None),
             "as_of": round(time.time(), 3),

@@ -10,7 +10,6 @@ import struct
 import pytest
 
 from router.config import load_config_data
-from router.events import kinesis_batch
 from router.events.kinesis import (
     MAX_INVOCATION_PAYLOAD_BYTES,
     KinesisEventBuilder,
@@ -20,7 +19,7 @@ from router.events.kinesis import (
     sequence_number,
     shard_id,
 )
-from router.runtime import protocol
+from router.runtime import kinesis_batch, protocol
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ from typing import Any
 
 from router.config import load_config_data
 from router.delivery.shard import ShardProcessor
-from router.events import kinesis_batch
 from router.events.kinesis import MAX_INVOCATION_PAYLOAD_BYTES
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
-from router.runtime import errors
+from router.runtime import errors, kinesis_batch
 from router.runtime.protocol import PackedEvent
 from router.runtime.result import InvocationResult
 

@@ -28,7 +28,8 @@ from router.config import AsyncInvokeSettings
 from router.delivery.async_policy import DESTINATION_RETRY
 from router.delivery.async_queue import AsyncQueue, LastResponse, PendingDelivery, StoredEvent
 from router.delivery.async_record import Condition, async_destination_record
-from router.delivery.destinations import DestinationFactory, async_record_key
+from router.delivery.destination import async_record_key
+from router.delivery.destinations import DestinationFactory
 from router.observability.metrics import Metrics
 
 

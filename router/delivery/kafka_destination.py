@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from router.config import Config, KafkaConfig
-from router.delivery.destinations import DestinationError, SharedConnection, encode_record
+from router.delivery.destination import DestinationError, SharedConnection, encode_record
 from router.kafka_client import client_options
 from router.observability.metrics import Metrics
 

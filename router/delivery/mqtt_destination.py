@@ -8,13 +8,15 @@ push source's persistent session (a broker disconnects the older of two clients 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import aiomqtt
 
 from router.config import Config
-from router.delivery.destinations import DestinationError, SharedConnection, encode_record
+from router.delivery.destination import DestinationError, SharedConnection, encode_record
+from router.mqtt_client import credentials, tls_files
 from router.observability.metrics import Metrics
 
 
@@ -26,19 +28,15 @@ def mqtt_connection(
     async def connect() -> aiomqtt.Client:
         if mqtt is None:
             raise DestinationError("mqtt:// destination needs an mqtt section")
-        tls = None
-        if mqtt.tls.enabled:
-            tls = aiomqtt.TLSParameters(
-                ca_certs=str(mqtt.tls.ca_file) if mqtt.tls.ca_file else None,
-                certfile=str(mqtt.tls.cert_file) if mqtt.tls.cert_file else None,
-                keyfile=str(mqtt.tls.key_file) if mqtt.tls.key_file else None,
-            )
+        files = tls_files(mqtt)
+        tls = aiomqtt.TLSParameters(**dataclasses.asdict(files)) if files else None
+        username, password = credentials(mqtt)
         client = aiomqtt.Client(
             mqtt.host,
             mqtt.port,
             identifier=f"{mqtt.client_id}-dest",
-            username=mqtt.username,
-            password=mqtt.password.get_secret_value() if mqtt.password else None,
+            username=username,
+            password=password,
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=True,
             keepalive=mqtt.keepalive,

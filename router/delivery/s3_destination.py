@@ -15,7 +15,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config as BotoConfig
 
 from router.config import Config
-from router.delivery.destinations import DestinationError, SharedConnection, encode_record
+from router.delivery.destination import DestinationError, SharedConnection, encode_record
 from router.observability.metrics import Metrics
 
 

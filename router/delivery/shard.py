@@ -36,7 +36,7 @@ import structlog
 from router.config import Config, StreamMapping
 from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
-from router.delivery.destinations import Destination
+from router.delivery.destination import Destination
 from router.delivery.record_filter import split_by_filters
 from router.delivery.stream_failure import FailureWriter, failure_record
 from router.delivery.stream_retries import Abandoned, Discard, StreamBatchPolicy

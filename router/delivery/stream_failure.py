@@ -26,7 +26,7 @@ from typing import Any, Literal
 import structlog
 
 from router.delivery.backoff import Backoff
-from router.delivery.destinations import Destination, DestinationError, stream_failure_key
+from router.delivery.destination import Destination, DestinationError, stream_failure_key
 from router.events.kinesis import StreamRecord
 from router.observability.metrics import Metrics
 from router.runtime.result import InvocationResult

@@ -48,10 +48,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from router.config import Config, MqttConfig
 from router.delivery.backoff import Backoff
 from router.events.s3_match import topic_matches
+from router.mqtt_client import credentials, tls_files
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.sources.app_events import AppEventRouter
 from router.sources.bucket_notifications import NotificationRouter
+from router.sources.mqtt_socket import BufferedReads, buffered_bytes
 
 # Unacknowledged messages the broker may send us at once (MQTT 5 Receive Maximum).
 RECEIVE_MAXIMUM = 256
@@ -75,46 +77,6 @@ class _Pending:
     abandoned: bool = False
 
 
-class _BufferedReads:
-    """paho reads a packet with several small recv calls (the type byte, each length byte, then the
-    body): three or four system calls per notification, a measurable share of the push path. This
-    stands in for paho's socket and serves those calls from one large read; everything else goes
-    to the real socket. It never reads the socket while it still holds bytes (a short answer is
-    what a socket would give too), so it cannot block, and `buffered` tells the reader callback
-    to go on without waiting for the selector, which cannot see these bytes.
-    """
-
-    __slots__ = ("_data", "_pos", "_sock")
-
-    _READ_SIZE = 65536
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._data = b""
-        self._pos = 0
-
-    def recv(self, size: int) -> bytes:
-        data, pos = self._data, self._pos
-        if pos >= len(data):
-            data = self._sock.recv(max(size, self._READ_SIZE))
-            if len(data) <= size:  # all of it wanted (or EOF): nothing to keep
-                self._data, self._pos = b"", 0
-                return bytes(data)
-            pos = 0
-            self._data = data
-        end = min(pos + size, len(data))
-        self._pos = end
-        return bytes(data[pos:end])
-
-    def buffered(self) -> int:
-        """Bytes received but not yet handed to paho, including what TLS decrypted but we did not read."""
-        pending = self._sock.pending() if isinstance(self._sock, ssl.SSLSocket) else 0
-        return len(self._data) - self._pos + pending
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
 @dataclass
 class _Connection:
     """One paho client from connect to disconnect; acknowledgements never cross connections."""
@@ -127,14 +89,6 @@ class _Connection:
     requests: dict[int, list[str]] = field(default_factory=dict)  # SUBSCRIBE mid -> its filters
     session_present: bool = False
     fds: set[int] = field(default_factory=set)
-
-
-def _buffered(sock: Any) -> int:
-    if isinstance(sock, _BufferedReads):
-        return sock.buffered()
-    if isinstance(sock, ssl.SSLSocket):
-        return sock.pending()
-    return 0
 
 
 class MqttNotificationSource:
@@ -337,17 +291,13 @@ class MqttNotificationSource:
             manual_ack=True,
             reconnect_on_failure=False,
         )
-        if self._settings.username is not None:
-            password = self._settings.password.get_secret_value() if self._settings.password else None
-            client.username_pw_set(self._settings.username, password)
-        tls = self._settings.tls
-        if tls.enabled:
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        username, password = credentials(self._settings)
+        if username is not None:
+            client.username_pw_set(username, password)
+        files = tls_files(self._settings)
+        if files is not None:
+            client.tls_set(ca_certs=files.ca_certs, certfile=files.certfile, keyfile=files.keyfile,
+                           cert_reqs=ssl.CERT_REQUIRED)
         generation = self._generation
         client.on_connect = lambda c, u, flags, reason, props: self._on_connect(generation, flags, reason)
         client.on_disconnect = lambda c, u, flags, reason, props: self._on_disconnect(generation, reason)
@@ -381,7 +331,7 @@ class MqttNotificationSource:
             return
         connection.fds.add(fd)
         if connection.client._sock is sock:  # paho's socket attribute (2.x); reads go through the buffer
-            connection.client._sock = _BufferedReads(sock)
+            connection.client._sock = BufferedReads(sock)
         self._loop.add_reader(fd, self._readable, connection)
 
     def _socket_close(self, sock: Any) -> None:
@@ -419,7 +369,7 @@ class MqttNotificationSource:
             for _ in range(READ_BURST):
                 before = self._stats["received"]
                 client.loop_read()
-                more = _buffered(client.socket()) > 0  # bytes the selector cannot see
+                more = buffered_bytes(client.socket()) > 0  # bytes the selector cannot see
                 if self._stats["received"] == before and not more:
                     break
         except OSError as exc:

@@ -18,7 +18,7 @@ from aiokafka.structs import ConsumerRecord
 
 from router.config import Config, StreamMapping
 from router.delivery.checkpoint import ShardCheckpoint
-from router.delivery.destinations import Destination
+from router.delivery.destination import Destination
 from router.delivery.shard import ShardProcessor
 from router.events.kinesis import shard_id
 from router.observability.metrics import Metrics

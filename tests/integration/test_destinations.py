@@ -18,7 +18,8 @@ from gate_support import Gate
 
 from router.config import Config, load_config_data
 from router.delivery.async_record import Condition, async_destination_record
-from router.delivery.destinations import DestinationError, DestinationFactory, async_record_key
+from router.delivery.destination import DestinationError, async_record_key
+from router.delivery.destinations import DestinationFactory
 from router.devstack import Mosquitto, SeaweedFS, Tansu, free_port
 from router.observability.metrics import Metrics
 

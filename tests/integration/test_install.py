@@ -35,7 +35,8 @@ def test_installed_unit_verifies_and_the_installed_command_runs(tmp_path: Path) 
     shown = subprocess.run([str(router), "--help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "validate" in shown.stdout
     # The secrets the example config references come from router.env on a real machine.
-    secrets = {name: "x" for name in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", (root / "etc/router/router.yaml").read_text())}
+    example = (root / "etc/router/router.yaml").read_text()
+    secrets = {name: "x" for name in re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", example)}
     validated = subprocess.run([str(router), "validate", "--config", str(root / "etc/router/router.yaml")],
                                capture_output=True, text=True, timeout=60, env={**os.environ, **secrets})
     assert validated.returncode == 0, validated.stdout + validated.stderr

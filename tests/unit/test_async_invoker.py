@@ -21,7 +21,8 @@ from router.config import Config, load_config_data
 from router.delivery.async_delivery import AsyncDelivery
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.async_queue import AsyncQueue, QueuedEvent
-from router.delivery.destinations import Destination, DestinationError, DestinationFactory
+from router.delivery.destination import Destination, DestinationError
+from router.delivery.destinations import DestinationFactory
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.runtime.result import InvocationResult

@@ -8,7 +8,7 @@ import pytest
 
 from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
-from router.delivery.destinations import DestinationError
+from router.delivery.destination import DestinationError
 from router.delivery.stream_failure import FailureWriter, failure_record, iso_millis
 from router.events.kinesis import StreamRecord
 from router.observability.metrics import Metrics

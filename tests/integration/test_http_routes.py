@@ -131,3 +131,20 @@ async def test_routes_change_on_reload(tmp_path: Path) -> None:
         async with http.get(url(app, "/moved/x")) as answer:
             assert answer.status == 200 and (await answer.json())["event"]["routeKey"] == "ANY /moved/{proxy+}"
         assert sorted(app.status()["http_routes"]) == ["echo", "hello", "raw"]
+
+
+async def test_a_client_that_disconnects_does_not_block_the_environment(tmp_path: Path) -> None:
+    file = site(tmp_path)
+    async with daemon(file) as app, aiohttp.ClientSession() as http:
+        host, port = app.config.http.listen.split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /raw/slow HTTP/1.1\r\nHost: x\r\n\r\n")  # raw has one environment
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.close()  # gone before the answer
+        started = asyncio.get_running_loop().time()
+        async with http.get(url(app, "/raw/next")) as answer:
+            assert answer.status == 200
+        # served once the slow invocation (1.5 s) ended, not after a timeout or never
+        assert asyncio.get_running_loop().time() - started < 5
+        assert app.pool.status()["raw"]["invocations"] == 2

@@ -137,7 +137,7 @@ async def test_a_client_that_disconnects_does_not_block_the_environment(tmp_path
     file = site(tmp_path)
     async with daemon(file) as app, aiohttp.ClientSession() as http:
         host, port = app.config.http.listen.split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        _, writer = await asyncio.open_connection(host, int(port))
         writer.write(b"GET /raw/slow HTTP/1.1\r\nHost: x\r\n\r\n")  # raw has one environment
         await writer.drain()
         await asyncio.sleep(0.3)

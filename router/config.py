@@ -243,6 +243,7 @@ class StreamMapping(_Model):
     function_response_types: list[Literal["ReportBatchItemFailures"]] = Field(default_factory=list)
     destination_config: DestinationConfig = Field(default_factory=DestinationConfig)
     filter_criteria: FilterCriteria | None = None
+    tumbling_window_in_seconds: Annotated[int, Field(ge=0, le=900)] = 0
     enabled: bool = True
     # Not Lambda keys: Lambda's stream backoff is undocumented; these make it tunable and testable.
     retry_base_delay_seconds: Annotated[float, Field(ge=0, le=60)] = 1.0
@@ -260,6 +261,13 @@ class StreamMapping(_Model):
         if self.destination_config.on_success is not None:
             raise ValueError(
                 "destination_config.on_success: not supported for stream event source mappings"
+            )
+        if self.tumbling_window_in_seconds and self.parallelization_factor > 1:
+            # A window's state is one value per shard, carried from one invocation to the next;
+            # parallel key lanes would each need their own and a shard checkpoint held for all.
+            raise ValueError(
+                "tumbling_window_in_seconds: cannot be combined with parallelization_factor > 1 "
+                "(window state is kept per shard)"
             )
         target = self.destination_config.on_failure
         if target is not None and target.destination == f"kafka://{self.kafka_topic}":

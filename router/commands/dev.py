@@ -22,7 +22,7 @@ from typing import Any
 
 from router.commands import add_logging_arguments
 
-DEMO_BUCKETS = ("photos", "photos-thumbnails", "minio-photos", "minio-photos-thumbnails", "router-failed")
+DEMO_BUCKETS = ("photos", "photos-thumbnails", "minio-photos", "minio-photos-thumbnails", "router-failed", "metrics")
 DEMO_TOPICS = (("clicks", 4), ("clicks-failed", 1))
 DEMO_CLICKS = 1000
 
@@ -169,12 +169,23 @@ class _Demo:
         say(f"file processing (MinIO MQTT notification): minio-photos/albums/summer 2024/beach.jpg 800x600 -> "
             f"{thumb[0]}x{thumb[1]}")
         shards = await self._clicks()
-        say(f"data and analytics (Kafka clicks topic as a Kinesis stream): {DEMO_CLICKS} records")
+        say(f"data and analytics (Kafka clicks topic as a Kinesis stream, tumbling windows): {DEMO_CLICKS} records")
         for shard, (processed, checkpoint) in sorted(shards.items()):
             say(f"  {shard}: {processed} records processed, checkpoint {checkpoint}")
+        windows = await asyncio.to_thread(self._windows)
+        for metrics in windows:
+            say(f"  window {metrics['window']['start']} {metrics['shardId']}: {metrics['records']} records, "
+                f"{metrics['counts']}, {metrics['distinctUsers']} distinct users")
         print(json.dumps({"thumbnail": list(thumb), "shards": {
-            s: {"records": p, "checkpoint": c} for s, (p, c) in shards.items()}}))
+            s: {"records": p, "checkpoint": c} for s, (p, c) in shards.items()}, "windows": windows}))
         return 0
+
+    def _windows(self) -> list[dict[str, Any]]:
+        """The metrics objects the windows' final invocations wrote (metrics/<start>/<shard>.json)."""
+        client = self.info.s3_client()
+        listed = client.list_objects_v2(Bucket="metrics", Prefix="metrics/").get("Contents", [])
+        return [json.loads(client.get_object(Bucket="metrics", Key=item["Key"])["Body"].read())
+                for item in sorted(listed, key=lambda item: item["Key"])]
 
     def _remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -226,9 +237,9 @@ class _Demo:
         produced: dict[int, int] = {}
         high: dict[int, int] = {}
         try:
-            pages = ["/", "/pricing", "/docs", "/blog", "/signup"]
             for i in range(DEMO_CLICKS):
-                value = json.dumps({"page": pages[i % len(pages)], "user": f"u{i % 37}", "ms": 20 + i % 90})
+                kind = "view" if i % 4 else "click"
+                value = json.dumps({"type": kind, "user": f"u{i % 37}", "ts": round(time.time(), 3)})
                 sent = await producer.send_and_wait("clicks", value.encode(), key=f"u{i % 37}".encode())
                 produced[sent.partition] = produced.get(sent.partition, 0) + 1
                 high[sent.partition] = max(high.get(sent.partition, 0), sent.offset + 1)

@@ -50,6 +50,17 @@ class ShardCheckpoint:
         while pending and pending[0] in done:
             done.discard(pending.popleft())
 
+    def done_below(self, offset: int) -> None:
+        """Every tracked record before `offset` is done (a tumbling window's final invocation
+        succeeded: its records were held until then)."""
+        pending = self._pending
+        while pending and pending[0] < offset:
+            pending.popleft()
+        if self._done:
+            self._done = {o for o in self._done if o >= offset}
+        while pending and pending[0] in self._done:
+            self._done.discard(pending.popleft())
+
     @property
     def position(self) -> int:
         """The offset the group should commit: everything before it is done."""

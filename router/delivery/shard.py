@@ -15,6 +15,12 @@ completed (Lambda's rule for streams) or, after an idle spell, when the first re
 single record too large for any invocation is written to the on-failure destination at once
 (`MaximumPayloadSizeExceeded`), never invoked and never allowed to block the shard.
 
+With a tumbling window (`router.delivery.tumbling_window`: one lane, validation refuses a factor
+above 1) a batch holds records of one window only, the function's answered state is carried into
+the window's next invocation, and the checkpoint does not move past a window's first record until
+its final invocation is done: records are held in the checkpoint, not in the buffer, so a long
+window never pauses the partition.
+
 Stopping (revoke or shutdown): no new batch starts, retry and destination backoffs end at once
 (`Abandoned`), a running invocation may finish within the caller's bound; whatever is not done
 stays behind the checkpoint for the next owner. A stuck shard blocks nothing but itself.
@@ -40,6 +46,14 @@ from router.delivery.destination import Destination
 from router.delivery.record_filter import split_by_filters
 from router.delivery.stream_failure import FailureWriter, failure_record
 from router.delivery.stream_retries import Abandoned, Discard, StreamBatchPolicy
+from router.delivery.tumbling_window import (
+    CLOSE_GRACE_SECONDS,
+    Window,
+    WindowAssigner,
+    state_too_large,
+    window_event,
+    window_state,
+)
 from router.events.kinesis import (
     MAX_INVOCATION_PAYLOAD_BYTES,
     KinesisEventBuilder,
@@ -129,6 +143,11 @@ class ShardProcessor:
         )
         self._lanes = [_Lane(i) for i in range(mapping.parallelization_factor)]
         self._filters = mapping.filter_criteria.compiled if mapping.filter_criteria else None
+        seconds = mapping.tumbling_window_in_seconds
+        self._windows = WindowAssigner(seconds) if seconds else None
+        self._invoking: tuple[Window, bool] | None = None  # the window being invoked and whether finally
+        self._answered: dict[str, Any] | None = None  # state of the last successful windowed answer
+        self._last_add = 0.0  # loop time records last arrived
         self._labels = (name, self.shard_id)
         self._set_checkpoint_metrics()
 
@@ -138,7 +157,8 @@ class ShardProcessor:
         loop = asyncio.get_running_loop()
         for lane in self._lanes:
             lane.window_open = loop.time()
-            lane.task = loop.create_task(self._run_lane(lane), name=f"{self._tracker_name}:lane{lane.index}")
+            run = self._run_window_lane if self._windows is not None else self._run_lane
+            lane.task = loop.create_task(run(lane), name=f"{self._tracker_name}:lane{lane.index}")
 
     async def stop(self, timeout: float) -> None:
         """Start no new batch; let a running invocation finish within `timeout`, then abandon."""
@@ -176,9 +196,14 @@ class ShardProcessor:
         self._held += len(fresh)
         if self._skip_before is not None:
             fresh = self._skip_old(fresh)
-        if self._filters is not None and fresh:
-            fresh = self._filter(fresh)
         loop_time = asyncio.get_running_loop().time()
+        if self._windows is not None:
+            self._last_add = loop_time
+            self._lanes[0].wakeup.set()  # a later window's first record closes the current one
+            if fresh:
+                fresh = self._assign_windows(fresh)
+        elif self._filters is not None and fresh:
+            fresh = self._filter(fresh)
         lanes = self._lanes
         if len(lanes) == 1:
             self._append(lanes[0], fresh, loop_time)
@@ -231,24 +256,28 @@ class ShardProcessor:
             self._commit()
         return kept
 
+    def _assign_windows(self, records: list[StreamRecord]) -> list[StreamRecord]:
+        """Every record joins a window, filtered or not (a filtered record still moves the window
+        along and is checkpointed with it); the records to invoke are returned."""
+        assert self._windows is not None
+        kept = records
+        if self._filters is not None:
+            kept, dropped = split_by_filters(self._filters, records)
+            if dropped:
+                self._held -= len(dropped)
+                self._metrics.filtered_out_records.labels(mapping=self.name).inc(len(dropped))
+                self._after_progress()
+        self._windows.assign(records, None if len(kept) == len(records) else {r.offset for r in kept})
+        return kept
+
     # -- lanes ---------------------------------------------------------------------------------------
 
     async def _run_lane(self, lane: _Lane) -> None:
-        loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
                 batch = await self._next_batch(lane)
-                if not batch:
-                    continue
-                lane.in_flight = len(batch)
-                try:
-                    if len(batch) == 1 and event_size(batch) > MAX_INVOCATION_PAYLOAD_BYTES:
-                        await self._discard(Discard("MaximumPayloadSizeExceeded", batch, 0, None))
-                    else:
-                        await self._policy.run(batch)
-                finally:
-                    lane.in_flight = 0
-                    lane.window_open = loop.time()
+                if batch:
+                    await self._run_batch(lane, batch)
         except Abandoned:
             self._log.info("stream.batch_abandoned", reason="shard stopping",
                            checkpoint=self.checkpoint.sequence_number)
@@ -259,7 +288,104 @@ class ShardProcessor:
             self._log.exception("stream.shard_failed", error_type=type(exc).__name__)
             self.tracker.set_up(False, self.last_error)
 
-    async def _next_batch(self, lane: _Lane) -> list[StreamRecord]:
+    async def _run_batch(self, lane: _Lane, batch: list[StreamRecord], *, invoke_empty: bool = False) -> None:
+        lane.in_flight = len(batch)
+        try:
+            if len(batch) == 1 and event_size(batch) > MAX_INVOCATION_PAYLOAD_BYTES:
+                await self._discard(Discard("MaximumPayloadSizeExceeded", batch, 0, None))
+            else:
+                await self._policy.run(batch, invoke_empty=invoke_empty)
+        finally:
+            lane.in_flight = 0
+            lane.window_open = asyncio.get_running_loop().time()
+
+    async def _run_window_lane(self, lane: _Lane) -> None:
+        """The lane of a windowed shard: batches of the current window, then its final invocation
+        when a later window's record arrived or the clock passed its end with nothing more to read."""
+        windows = self._windows
+        assert windows is not None
+        try:
+            while not self._stopping.is_set():
+                window = windows.current
+                if window is None:
+                    await self._wait(lane, None)
+                elif window.waiting:
+                    batch = await self._next_batch(lane, limit=window.waiting)
+                    if not batch:
+                        continue
+                    window.waiting -= len(batch)
+                    window.delivered += len(batch)
+                    final = not window.waiting and self._window_over(window)
+                    await self._invoke_window(lane, window, batch, final=final)
+                elif self._window_over(window):
+                    if window.delivered:
+                        await self._invoke_window(lane, window, [], final=True)
+                    else:  # every record of it was filtered out: nothing to invoke
+                        self._close_window(window)
+                else:  # re-read the wall clock at least every second: it may be stepped
+                    await self._wait(lane, min(1.0, window.end + CLOSE_GRACE_SECONDS - self._now()))
+        except Abandoned:
+            self._log.info("stream.batch_abandoned", reason="shard stopping",
+                           checkpoint=self.checkpoint.sequence_number)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must cost this shard, loudly, never the daemon
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._log.exception("stream.shard_failed", error_type=type(exc).__name__)
+            self.tracker.set_up(False, self.last_error)
+
+    async def _wait(self, lane: _Lane, timeout: float | None) -> None:
+        lane.wakeup.clear()
+        if timeout is None:
+            await lane.wakeup.wait()
+        elif timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lane.wakeup.wait(), timeout)
+
+    def _window_over(self, window: Window) -> bool:
+        """No more records can join `window`: a later window has begun, or the clock is past its end
+        (with grace) and the shard has read everything there is."""
+        assert self._windows is not None
+        if len(self._windows.windows) > 1:
+            return True
+        if self._now() < window.end + CLOSE_GRACE_SECONDS:
+            return False
+        idle = asyncio.get_running_loop().time() - self._last_add >= CLOSE_GRACE_SECONDS
+        return idle or self.high_watermark is None or self.checkpoint.next_offset >= self.high_watermark
+
+    async def _invoke_window(self, lane: _Lane, window: Window, batch: list[StreamRecord], *, final: bool) -> None:
+        self._invoking = (window, final)
+        try:
+            await self._run_batch(lane, batch, invoke_empty=final)
+            if final:
+                self._close_window(window)
+            elif state_too_large(window.state):
+                # Lambda ends the window early: a final invocation with what there is, then the
+                # same window goes on with fresh state.
+                window.terminated_early = True
+                self._invoking = (window, True)
+                await self._run_batch(lane, [], invoke_empty=True)
+                self._close_window(window, early=lane.buffer[0].offset if window.waiting else None)
+        finally:
+            self._invoking = None
+
+    def _close_window(self, window: Window, *, early: int | None = None) -> None:
+        """The window's final invocation is done: its records are checkpointed, its state dropped."""
+        assert self._windows is not None
+        if window.terminated_early:
+            through = early if early is not None else window.last_offset + 1
+            self._windows.restart_current(through)
+        else:
+            self._windows.close()
+            through = window.last_offset + 1
+        self.checkpoint.done_below(through)
+        self._after_progress()
+        self._commit()
+        self._log.info("stream.window_closed", window_start=window.bounds["start"], window_end=window.bounds["end"],
+                       records=window.delivered, terminated_early=window.terminated_early,
+                       checkpoint=self.checkpoint.sequence_number)
+
+    async def _next_batch(self, lane: _Lane, limit: int | None = None) -> list[StreamRecord]:
         loop = asyncio.get_running_loop()
         while not lane.buffer:
             if self._stopping.is_set():
@@ -279,12 +405,12 @@ class ShardProcessor:
                     await asyncio.wait_for(lane.wakeup.wait(), remaining)
             if self._stopping.is_set():
                 return []
-        return self._take(lane)
+        return self._take(lane, self.mapping.batch_size if limit is None else min(limit, self.mapping.batch_size))
 
-    def _take(self, lane: _Lane) -> list[StreamRecord]:
+    def _take(self, lane: _Lane, limit: int) -> list[StreamRecord]:
         buffer = lane.buffer
         popleft = buffer.popleft
-        batch = [popleft() for _ in range(min(len(buffer), self.mapping.batch_size))]
+        batch = [popleft() for _ in range(min(len(buffer), limit))]
         # Bytes of the event: envelope, each record, a separator between records.
         sizes = [r.size + 1 for r in batch]
         total = sum(sizes)
@@ -306,17 +432,26 @@ class ShardProcessor:
     # -- policy callbacks ----------------------------------------------------------------------------
 
     async def _invoke(self, records: list[StreamRecord], attempt: int) -> InvocationResult:
-        body = self.builder.pack(records)
+        body: Any
+        if self._invoking is not None:
+            window, final = self._invoking
+            body = window_event(self.builder.event(records)["Records"], window, shard_id=self.shard_id,
+                                stream_arn=self.builder.stream_arn, final=final)
+        else:
+            body = self.builder.pack(records)
         self._metrics.batch_records.labels(self.name).observe(len(records))
-        self.iterator_age = max(0.0, self._now() - records[-1].arrival)
-        self._metrics.iterator_age_seconds.labels(*self._labels).set(self.iterator_age)
+        if records:
+            self.iterator_age = max(0.0, self._now() - records[-1].arrival)
+            self._metrics.iterator_age_seconds.labels(*self._labels).set(self.iterator_age)
         started = time.perf_counter()
         result = await self._pool.invoke(self._function, body, invocation_type="RequestResponse")
         if is_throttled(result):
             raise Throttled(f"{self._function} has no reserved concurrency")
+        if self._invoking is not None:
+            self._answered = window_state(result.payload) if result.ok else None
         fields = {
-            "first_sequence_number": records[0].sequence_number,
-            "last_sequence_number": records[-1].sequence_number, "batch_size": len(records),
+            "first_sequence_number": records[0].sequence_number if records else None,
+            "last_sequence_number": records[-1].sequence_number if records else None, "batch_size": len(records),
             "request_id": result.request_id, "duration_ms": round((time.perf_counter() - started) * 1000, 2),
             "attempt": attempt, "outcome": result.outcome,
         }
@@ -329,6 +464,10 @@ class ShardProcessor:
 
     async def _discard(self, discard: Discard) -> None:
         records = discard.records
+        if not records:  # a tumbling window's final invocation without records ran out of retries
+            self._log.warning("stream.window_final_failed", condition=discard.condition,
+                              attempts=discard.approximate_invoke_count)
+            return
         record = failure_record(
             condition=discard.condition,
             function_arn=self._function_arn, shard_id=self.shard_id, stream_arn=self.builder.stream_arn,
@@ -340,15 +479,26 @@ class ShardProcessor:
             now=self._now(),
         )
         await self._writer.write(record)
-        await self._done(records)
+        await self._finish(records)
 
     async def _done(self, records: Sequence[StreamRecord]) -> None:
+        """The policy's verdict: these records succeeded (with a window, so did the state)."""
+        if self._invoking is not None:
+            if self._answered is not None:
+                self._invoking[0].state = self._answered
+            self._answered = None
+        await self._finish(records)
+
+    async def _finish(self, records: Sequence[StreamRecord]) -> None:
         if not records:
             return
-        self.checkpoint.done(r.offset for r in records)
         self._held -= len(records)
-        self._after_progress()
-        self._commit()
+        if self._windows is None:
+            self.checkpoint.done(r.offset for r in records)
+            self._after_progress()
+            self._commit()
+        else:  # held in the checkpoint until the window's final invocation (see _close_window)
+            self._after_progress()
 
     def _after_progress(self) -> None:
         self.tracker.advanced()
@@ -392,4 +542,12 @@ class ShardProcessor:
             "in_flight_records": sum(lane.in_flight for lane in self._lanes),
             "paused": self.paused,
             "last_error": self.last_error,
+            **self._window_status(),
         }
+
+    def _window_status(self) -> dict[str, Any]:
+        window = self._windows.current if self._windows is not None else None
+        if window is None:
+            return {}
+        return {"window": {**window.bounds, "records": window.delivered + window.waiting,
+                           "terminated_early": window.terminated_early}}

@@ -40,6 +40,7 @@ from router.delivery.backoff import Backoff
 from router.delivery.batch_item_failures import SUCCESS, ItemFailures, parse_batch_item_failures
 from router.delivery.record_age import split_expired
 from router.delivery.stream_failure import Condition
+from router.delivery.tumbling_window import window_state
 from router.events.kinesis import StreamRecord
 from router.observability.metrics import Metrics
 from router.runtime.result import InvocationResult
@@ -89,17 +90,23 @@ class StreamBatchPolicy:
     def judge(self, result: InvocationResult, records: Sequence[StreamRecord]) -> ItemFailures:
         if not result.ok:
             return ItemFailures("invalid", reason="function error")
+        if self._mapping.tumbling_window_in_seconds and window_state(result.payload) is None:
+            # Lambda: a windowed function must answer {"state": {...}}; anything else failed.
+            return ItemFailures("invalid", reason="response without state")
         if not self._mapping.report_batch_item_failures:
             return SUCCESS
         return parse_batch_item_failures(result.payload, [r.sequence_number for r in records])
 
-    async def run(self, records: Sequence[StreamRecord]) -> None:
-        """Process one batch until every record is done or discarded (or raise Abandoned)."""
+    async def run(self, records: Sequence[StreamRecord], *, invoke_empty: bool = False) -> None:
+        """Process one batch until every record is done or discarded (or raise Abandoned).
+        `invoke_empty`: an empty batch is still invoked (a tumbling window's final invocation)."""
         segments: deque[list[StreamRecord]] = deque([list(records)])
         while segments:
-            await self._run_segment(segments.popleft(), segments)
+            await self._run_segment(segments.popleft(), segments, invoke_empty=invoke_empty)
 
-    async def _run_segment(self, segment: list[StreamRecord], segments: deque[list[StreamRecord]]) -> None:
+    async def _run_segment(
+        self, segment: list[StreamRecord], segments: deque[list[StreamRecord]], *, invoke_empty: bool = False
+    ) -> None:
         mapping = self._mapping
         attempts = 0  # invocations of this segment
         not_invoked = 0  # consecutive errors before the function ran
@@ -108,7 +115,7 @@ class StreamBatchPolicy:
             expired, segment = split_expired(segment, self._now(), mapping.maximum_record_age_in_seconds)
             if expired:
                 await self._discard(Discard("RecordAgeExceeded", expired, max(attempts, 1), last))
-            if not segment:
+            if not segment and not invoke_empty:
                 return
             try:
                 result = await self._invoke(segment, attempts + 1)

@@ -73,8 +73,9 @@ def delivered(tmp_path: Path) -> list[tuple[str, int]]:
 
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None, int | None]],
                   *, partition_of: Callable[[int], int] | None = None, max_request_size: int = 1024 * 1024,
-                  timestamp_ms: int | None = None) -> None:
-    """Send (key, value, partition) triples in order and wait for every ack."""
+                  timestamp_ms: int | None = None, timestamps: list[int] | None = None) -> None:
+    """Send (key, value, partition) triples in order and wait for every ack (`timestamps`: each
+    record's CreateTime in ms)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=max_request_size, linger_ms=5,
@@ -85,7 +86,8 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, 
         for i, (key, value, partition) in enumerate(records):
             if partition is None and partition_of is not None:
                 partition = partition_of(i)
-            futures.append(await producer.send(topic, value, key=key, partition=partition, timestamp_ms=timestamp_ms))
+            stamp = timestamps[i] if timestamps is not None else timestamp_ms
+            futures.append(await producer.send(topic, value, key=key, partition=partition, timestamp_ms=stamp))
         await producer.flush()
         for future in futures:
             await future

@@ -28,6 +28,14 @@ def test_dev_demo_runs_every_example_and_exits_zero(tmp_path: Path) -> None:
     assert sum(s["records"] for s in shards.values()) == 1000
     for shard in shards.values():
         assert shard["checkpoint"] == shard["records"] - 1  # fresh topic: offsets 0..n-1 all checkpointed
+    # The checkpoints moved only once each window's final invocation wrote its metrics object.
+    windows = summary["windows"]
+    assert sum(w["records"] for w in windows) == 1000
+    assert sum(w["counts"].get("click", 0) for w in windows) == 250
+    assert {w["shardId"] for w in windows} == set(shards)
+    for window in windows:
+        assert window["records"] == sum(window["counts"].values()) and window["malformed"] == 0
+    assert "window 20" in done.stderr  # the demo printed the windows it read back
     # Ctrl-C/exit tears the stack down: no broker of ours is left running.
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""

@@ -119,3 +119,14 @@ async def test_failure_writer_retries_a_destination_until_written() -> None:
     assert dest.sent[0][1].startswith("aws/lambda/") and "/shardId-000000000000/" in dest.sent[0][1]
     assert metrics.registry.get_sample_value("router_destination_delivery_failures_total", {"mapping": "m"}) == 3
     assert metrics.registry.get_sample_value("router_on_failure_records_total", {"mapping": "m"}) == 1
+
+
+def test_done_below_finishes_a_held_window_at_once_gaps_and_out_of_order_included() -> None:
+    checkpoint = ShardCheckpoint(10)
+    checkpoint.track_many([10, 11, 13, 14, 20])  # gaps: compaction
+    checkpoint.done([14])
+    assert checkpoint.position == 10
+    checkpoint.done_below(14)
+    assert checkpoint.position == 20  # 14 was done already
+    checkpoint.done_below(21)
+    assert checkpoint.position == 21 and checkpoint.outstanding == 0

@@ -37,6 +37,7 @@ from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.async_queue import AsyncQueue
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.destinations import DestinationFactory
+from router.delivery.event_batcher import EventBatcher
 from router.observability.http import AdminEndpoints, start_http
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
@@ -89,6 +90,7 @@ class Router:
     destinations: DestinationFactory
     queue: AsyncQueue
     invoker: AsyncInvoker
+    batcher: EventBatcher
     notifications: NotificationRouter
     supervisor: MappingSupervisor
     webhooks: WebhookReceiver
@@ -141,7 +143,8 @@ async def build(config: Config) -> Router:
         config, queue, DeadLetter(state_dir / "dead-letter", metrics=metrics), metrics=metrics,
         on_enqueued=invoker.wake,
     )
-    app_events = AppEventRouter(queue, metrics=metrics, on_enqueued=invoker.wake)
+    batcher = EventBatcher(queue, on_batched=invoker.wake)
+    app_events = AppEventRouter(queue, metrics=metrics, on_enqueued=invoker.wake, batcher=batcher)
     mqtt = (MqttNotificationSource(config, notifications, metrics=metrics, board=board, topics=[],
                                    app_events=app_events)
             if config.mqtt is not None else None)
@@ -152,7 +155,7 @@ async def build(config: Config) -> Router:
     )
     return Router(
         config=config, metrics=metrics, board=board, pool=pool, destinations=destinations, queue=queue,
-        invoker=invoker, notifications=notifications, supervisor=supervisor,
+        invoker=invoker, batcher=batcher, notifications=notifications, supervisor=supervisor,
         webhooks=WebhookReceiver(config, notifications, metrics=metrics), routes=routes, mqtt=mqtt,
     )
 
@@ -185,6 +188,8 @@ async def start(app: Router) -> None:
         started.append(("async-queue", app.queue.close))
         await app.invoker.start()
         started.append(("async-invoker", lambda: app.invoker.stop(0)))
+        await app.batcher.start()
+        started.append(("event-batcher", app.batcher.stop))
         await app.supervisor.start()
     except BaseException:
         for name, undo in reversed(started):
@@ -220,6 +225,7 @@ async def stop(app: Router) -> None:
     if app.http_runner is not None:
         await _quietly("http", app.http_runner.cleanup())
     await _quietly("streams", app.supervisor.stop_streams(timeout))
+    await _quietly("event-batcher", app.batcher.stop())
     await _quietly("async-invoker", app.invoker.stop(timeout))
     await _quietly("async-queue", app.queue.close())
     await _quietly("pool", app.pool.close())

@@ -338,6 +338,20 @@ class BucketMapping(AsyncInvokeSettings):
     enabled: bool = True
 
 
+class DeduplicationId(_Model):
+    """Where an app-event message carries the id that makes a redelivery a duplicate: exactly one
+    of an MQTT v5 user property's name or a (dotted) field of the JSON payload."""
+
+    user_property: str | None = None
+    json_field: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DeduplicationId:
+        if (self.user_property is None) == (self.json_field is None):
+            raise ValueError("name exactly one of user_property or json_field")
+        return self
+
+
 class AppEventMapping(AsyncInvokeSettings):
     """Mobile and device apps: MQTT messages on `mqtt_topic` invoke the function asynchronously,
     as an AWS IoT topic rule (`SELECT * FROM '<filter>'`) with a Lambda action does."""
@@ -347,7 +361,18 @@ class AppEventMapping(AsyncInvokeSettings):
     # Opt-in: the message's topic is added to the event under this key (IoT: `SELECT *, topic() AS topic`).
     topic_key: str | None = None
     filter_criteria: FilterCriteria | None = None
+    # > 1: invocations of {"Records": [...]}, at most batch_size, after at most the window.
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1
+    maximum_batching_window_in_seconds: Annotated[float, Field(ge=0, le=300)] = 0
+    # Opt-in duplicate suppression (within deduplication_window_seconds) by an id the message names.
+    deduplication_id: DeduplicationId | None = None
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _batching(self) -> AppEventMapping:
+        if self.maximum_batching_window_in_seconds and self.batch_size == 1:
+            raise ValueError("maximum_batching_window_in_seconds: only with batch_size > 1")
+        return self
 
     @field_validator("mqtt_topic")
     @classmethod

@@ -47,7 +47,9 @@ from router.observability.metrics import Metrics
 from router.runtime.request_ids import request_ids
 
 T = TypeVar("T")
-Stage = Literal["invoke", "deliver"]
+# collect: an app-event message waiting to be batched (router.delivery.event_batcher);
+# invoke: waiting for (another) invocation; deliver: invoked, its destination record not yet written.
+Stage = Literal["collect", "invoke", "deliver"]
 
 _SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -89,6 +91,14 @@ class QueuedEvent:
     function: str
     event: dict[str, Any]  # the invocation payload, e.g. {"Records": [s3 record]}
     dedup_key: str | None = None  # bucket, key, version/eTag, sequencer, event name → str
+    stage: Stage = "invoke"  # "collect": a record to be batched before it is invoked
+    dedup_window: float | None = None  # this event's own window, instead of the enqueue call's
+
+
+@dataclass(frozen=True)
+class Collected:
+    batched: int  # batch events made (0 or 1)
+    due_at: float | None  # when the waiting partial batch is due (None: nothing waits)
 
 
 @dataclass(frozen=True)
@@ -498,19 +508,20 @@ class AsyncQueue:
             return EnqueueResult(0, 0)
         now = self._clock()
         rows = [
-            (e.mapping, e.function, json.dumps(e.event, separators=(",", ":")), request_id, e.dedup_key)
+            (e.mapping, e.function, json.dumps(e.event, separators=(",", ":")), request_id, e.dedup_key, e.stage,
+             dedup_window if e.dedup_window is None else e.dedup_window)
             for e, request_id in zip(events, request_ids(len(events)), strict=True)
         ]
 
         def run(conn: sqlite3.Connection) -> list[tuple[str, bool]]:
             outcome: list[tuple[str, bool]] = []
-            for mapping, function, event, request_id, dedup_key in rows:
+            for mapping, function, event, request_id, dedup_key, stage, window in rows:
                 if dedup_key is not None:
                     seen = conn.execute(
                         "SELECT accepted_at FROM dedup WHERE mapping = ? AND dedup_key = ?",
                         (mapping, dedup_key),
                     ).fetchone()
-                    if seen is not None and seen[0] >= now - dedup_window:
+                    if seen is not None and seen[0] >= now - window:
                         outcome.append((mapping, False))
                         continue
                     conn.execute(
@@ -518,9 +529,9 @@ class AsyncQueue:
                         (mapping, dedup_key, now),
                     )
                 conn.execute(
-                    "INSERT INTO events (mapping, function, event, request_id, dedup_key, accepted_at, due_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (mapping, function, event, request_id, dedup_key, now, now),
+                    "INSERT INTO events (mapping, function, event, request_id, dedup_key, accepted_at, due_at, stage)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (mapping, function, event, request_id, dedup_key, now, now, stage),
                 )
                 outcome.append((mapping, True))
             return outcome
@@ -532,6 +543,42 @@ class AsyncQueue:
                 counter = self.metrics.async_events_received if ok else self.metrics.duplicate_notifications
                 counter.labels(mapping=mapping).inc()
         return EnqueueResult(accepted=accepted, duplicates=len(outcome) - accepted)
+
+    async def collect(self, mapping: str, function: str, *, limit: int, window: float) -> Collected:
+        """Replace the oldest `limit` collecting records of a mapping with one batch event
+        (`{"Records": [...]}`, accepted when its oldest record was), in one transaction, once there
+        are `limit` of them or the oldest has waited `window` seconds."""
+        now = self._clock()
+        (request_id,) = request_ids(1)
+
+        def run(conn: sqlite3.Connection) -> Collected:
+            rows = conn.execute(
+                "SELECT id, event, accepted_at FROM events WHERE mapping = ? AND stage = 'collect'"
+                " ORDER BY id LIMIT ?", (mapping, limit),
+            ).fetchall()
+            if not rows:
+                return Collected(0, None)
+            oldest = min(r[2] for r in rows)
+            if len(rows) < limit and oldest + window > now:
+                return Collected(0, oldest + window)
+            batch = '{"Records":[' + ",".join(r[1] for r in rows) + "]}"
+            conn.execute(
+                "INSERT INTO events (mapping, function, event, request_id, accepted_at, due_at, stage)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'invoke')", (mapping, function, batch, request_id, oldest, now),
+            )
+            conn.executemany("DELETE FROM events WHERE id = ?", [(r[0],) for r in rows])
+            return Collected(1, None)
+
+        return await self._write(run)
+
+    async def collecting(self) -> dict[str, str]:
+        """Mappings with records waiting to be batched, and their function."""
+        def run() -> dict[str, str]:
+            rows = self._db().execute(
+                "SELECT mapping, MAX(function) FROM events WHERE stage = 'collect' GROUP BY mapping").fetchall()
+            return {r[0]: r[1] for r in rows}
+
+        return await self._call_settling(run)
 
     # -- dispatching -------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ saying explicitly that `data` is not the payload itself.
 from __future__ import annotations
 
 import base64
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -27,3 +29,51 @@ def app_event(payload: bytes, topic: str, *, topic_key: str | None) -> dict[str,
             value[topic_key] = topic
         return value
     return {"data": base64.b64encode(payload).decode("ascii"), "isBase64Encoded": True, "topic": topic}
+
+
+def app_record(payload: bytes, topic: str, *, received_at: float, message_id: str) -> dict[str, Any]:
+    """One message as a record of a batch (`batch_size` > 1): `{"Records": [record, ...]}`.
+
+    IoT rules have no batches, so the record is ours: the topic, the payload (the JSON object
+    itself, or the base64 of the exact bytes for anything else, with `isBase64Encoded` saying which),
+    when router received it (ISO-8601 UTC, milliseconds) and an id unique to this message."""
+    try:
+        value = orjson.loads(payload) if payload else None
+    except ValueError:
+        value = None
+    record: dict[str, Any] = {"topic": topic}
+    if isinstance(value, dict):
+        record["payload"] = value
+        record["isBase64Encoded"] = False
+    else:
+        record["payload"] = base64.b64encode(payload).decode("ascii")
+        record["isBase64Encoded"] = True
+    seconds = int(received_at)
+    record["receivedAt"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + \
+        f".{int((received_at - seconds) * 1000):03d}Z"
+    record["messageId"] = message_id
+    return record
+
+
+def dedup_id(payload: bytes, user_properties: Sequence[tuple[str, str]] | None, *,
+             user_property: str | None, json_field: str | None) -> str | None:
+    """The id a mapping names for duplicate suppression, or None when the message has none (then it
+    is never suppressed): an MQTT v5 user property, or a field of a JSON object payload (dotted
+    for nested fields). Never a hash of the payload: two real identical clicks are two clicks."""
+    if user_property is not None:
+        for key, value in user_properties or ():
+            if key == user_property:
+                return value
+        return None
+    if json_field is not None:
+        try:
+            found: Any = orjson.loads(payload) if payload else None
+        except ValueError:
+            return None
+        for part in json_field.split("."):
+            if not isinstance(found, dict) or part not in found:
+                return None
+            found = found[part]
+        if isinstance(found, str | int) and not isinstance(found, bool):
+            return str(found)
+    return None

@@ -6,12 +6,18 @@ mapping (disabled ones included: their events wait in the queue, as a disabled b
 do) gets one queued event per message, after its filter criteria (applied to the event the
 function would receive). `accept_batch` returns once everything is durably queued, and only then
 does the source acknowledge the messages (PUBACK, in arrival order): a message is never lost
-between the broker and the queue, and a redelivery after a crash is queued again (at least once;
-duplicate suppression is not by payload, so two identical clicks stay two clicks).
+between the broker and the queue, and a redelivery after a crash is queued again (at least once).
+Duplicates are suppressed only where a mapping names the message's id (`deduplication_id`: an MQTT
+v5 user property or a JSON field), never by payload, so two identical clicks stay two clicks.
+
+With `batch_size` > 1 each message is queued as a record to collect, and the event batcher
+(`router.delivery.event_batcher`) turns runs of them into `{"Records": [...]}` invocations.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,22 +25,31 @@ import structlog
 
 from router.config import AppEventMapping
 from router.delivery.async_queue import AsyncQueue, QueuedEvent
-from router.events.app_event import app_event
+from router.delivery.event_batcher import EventBatcher
+from router.events.app_event import app_event, app_record, dedup_id
 from router.events.s3_match import topic_matches
 from router.observability.metrics import Metrics
+
+# (payload, topic, MQTT v5 user properties) of one message.
+Message = tuple[bytes, str, Sequence[tuple[str, str]] | None]
 
 
 class AppEventRouter:
     def __init__(self, queue: AsyncQueue, *, metrics: Metrics, on_enqueued: Callable[[], None],
-                 log: Any = None) -> None:
+                 batcher: EventBatcher | None = None, log: Any = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._queue = queue
         self._metrics = metrics
         self._on_enqueued = on_enqueued
+        self._batcher = batcher
+        self._clock = clock
         self._log = log or structlog.get_logger("router.app_events")
         self._mappings: dict[str, AppEventMapping] = {}
 
     def set_mappings(self, mappings: Mapping[str, AppEventMapping]) -> None:
         self._mappings = dict(mappings)
+        if self._batcher is not None:
+            self._batcher.set_mappings(self._mappings)
 
     def topics(self) -> list[str]:
         return sorted({m.mqtt_topic for m in self._mappings.values()})
@@ -42,10 +57,11 @@ class AppEventRouter:
     def wants(self, topic: str) -> bool:
         return any(topic_matches(m.mqtt_topic, topic) for m in self._mappings.values())
 
-    async def accept_batch(self, items: Sequence[tuple[bytes, str]]) -> int:
-        """Queue every (payload, topic); returns the number of events queued."""
+    async def accept_batch(self, items: Sequence[Message]) -> int:
+        """Queue every message; returns the number of events (or records to batch) queued."""
         events: list[QueuedEvent] = []
-        for payload, topic in items:
+        received = self._clock()
+        for payload, topic, properties in items:
             for name, mapping in self._mappings.items():
                 if not topic_matches(mapping.mqtt_topic, topic):
                     continue
@@ -53,11 +69,24 @@ class AppEventRouter:
                 if mapping.filter_criteria is not None and not mapping.filter_criteria.compiled.matches(event):
                     self._metrics.filtered_out_records.labels(mapping=name).inc()
                     continue
-                events.append(QueuedEvent(name, mapping.function_name, event))
+                key = None
+                if mapping.deduplication_id is not None:
+                    key = dedup_id(payload, properties, user_property=mapping.deduplication_id.user_property,
+                                   json_field=mapping.deduplication_id.json_field)
+                if mapping.batch_size > 1:
+                    record = app_record(payload, topic, received_at=received, message_id=str(uuid.uuid4()))
+                    events.append(QueuedEvent(name, mapping.function_name, record, key, stage="collect",
+                                              dedup_window=mapping.deduplication_window_seconds))
+                else:
+                    events.append(QueuedEvent(name, mapping.function_name, event, key,
+                                              dedup_window=mapping.deduplication_window_seconds))
         if not events:
             return 0
         result = await self._queue.enqueue(events, dedup_window=0)
         if result.accepted:
+            if self._batcher is not None and any(e.stage == "collect" for e in events):
+                self._batcher.added()
             self._on_enqueued()
-        self._log.debug("app_events.queued", messages=len(items), events=result.accepted)
+        self._log.debug("app_events.queued", messages=len(items), events=result.accepted,
+                        duplicates=result.duplicates)
         return result.accepted

@@ -51,7 +51,7 @@ from router.events.s3_match import topic_matches
 from router.mqtt_client import credentials, tls_files
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
-from router.sources.app_events import AppEventRouter
+from router.sources.app_events import AppEventRouter, Message
 from router.sources.bucket_notifications import NotificationRouter
 from router.sources.mqtt_socket import BufferedReads, buffered_bytes
 
@@ -128,7 +128,7 @@ class MqttNotificationSource:
         self._stopping = False
         self._wakeup = asyncio.Event()
         self._window: collections.deque[_Pending] = collections.deque()
-        self._batch: list[tuple[_Pending, bytes, str]] = []
+        self._batch: list[tuple[_Pending, bytes, str, Any]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._stats = {"received": 0, "acknowledged": 0, "redelivered": 0, "connects": 0, "accept_errors": 0}
         self._last_error: str | None = None
@@ -479,10 +479,11 @@ class MqttNotificationSource:
         pending = _Pending(generation, message.mid, message.qos)
         self._window.append(pending)
         self._tracker.set_pending(True)
-        self._batch.append((pending, bytes(message.payload), message.topic))
+        properties = getattr(message.properties, "UserProperty", None) if message.properties else None
+        self._batch.append((pending, bytes(message.payload), message.topic, properties))
 
-    async def _route(self, batch: list[tuple[_Pending, bytes, str]]) -> None:
-        items = [(payload, topic) for _, payload, topic in batch]
+    async def _route(self, batch: list[tuple[_Pending, bytes, str, Any]]) -> None:
+        items = [(payload, topic, properties) for _, payload, topic, properties in batch]
         failures = 0
         accepted: set[str] = set()  # what a retry must not queue twice
         try:
@@ -500,35 +501,36 @@ class MqttNotificationSource:
                     self._log.error("mqtt.accept_failed", notifications=len(items), error_type=type(exc).__name__,
                                     error=str(exc)[:300], retry_in_seconds=delay)
                     if self._stopping:
-                        for pending, _, _ in batch:
+                        for pending, *_ in batch:
                             pending.abandoned = True
                         return
                     await asyncio.sleep(delay)
-            for pending, _, _ in batch:
+            for pending, *_ in batch:
                 pending.done = True
         except asyncio.CancelledError:
-            for pending, _, _ in batch:
+            for pending, *_ in batch:
                 pending.abandoned = True
             raise
         finally:
             self._acknowledge_in_order()
 
-    async def _accept(self, items: list[tuple[bytes, str]], accepted: set[str]) -> None:
+    async def _accept(self, items: list[Message], accepted: set[str]) -> None:
         """App events to their router, bucket notifications (and what matches nothing, to be
         counted there) to theirs; a message on a topic both want goes to both."""
         apps = self._app_events
         if apps is not None and "app" not in accepted:
-            wanted = [(payload, topic) for payload, topic in items if apps.wants(topic)]
+            wanted = [item for item in items if apps.wants(item[1])]
             if wanted:
                 await apps.accept_batch(wanted)
             accepted.add("app")
         if "bucket" not in accepted:
+            notifications = [(payload, topic) for payload, topic, _ in items]
             if apps is not None:
                 buckets = self._router.matcher("mqtt").topics()
-                items = [(payload, topic) for payload, topic in items if not apps.wants(topic)
-                         or any(topic_matches(f, topic) for f in buckets)]
-            if items:
-                await self._router.accept_batch(items, transport="mqtt")
+                notifications = [(payload, topic) for payload, topic in notifications if not apps.wants(topic)
+                                 or any(topic_matches(f, topic) for f in buckets)]
+            if notifications:
+                await self._router.accept_batch(notifications, transport="mqtt")
             accepted.add("bucket")
 
     def _acknowledge_in_order(self) -> None:

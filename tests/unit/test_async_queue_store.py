@@ -263,3 +263,40 @@ async def test_a_failed_wal_fsync_refuses_every_later_acknowledgement(tmp_path: 
         assert (await q.enqueue([ev(3)], dedup_window=0)).accepted == 1
     finally:
         await q.close()
+
+
+async def test_collect_makes_one_batch_event_of_full_or_old_enough_runs_in_one_transaction(
+        queue: AsyncQueue, clock: Clock, tmp_path: Path) -> None:
+    records = [QueuedEvent("app", "fn", {"n": i}, stage="collect") for i in range(7)]
+    await queue.enqueue(records, dedup_window=0)
+    assert (await queue.claim("app", "invoke", 10)).events == []  # collecting records are never invoked
+    assert await queue.collecting() == {"app": "fn"}
+    full = await queue.collect("app", "fn", limit=3, window=10)
+    assert full.batched == 1
+    assert (await queue.collect("app", "fn", limit=3, window=10)).batched == 1
+    partial = await queue.collect("app", "fn", limit=3, window=10)
+    assert partial.batched == 0 and partial.due_at == clock.now + 10  # one left: waits for the window
+    clock.now += 10
+    assert (await queue.collect("app", "fn", limit=3, window=10)).batched == 1
+    assert (await queue.collect("app", "fn", limit=3, window=10)) .due_at is None
+    claim = await queue.claim("app", "invoke", 10)
+    assert [e.event for e in claim.events] == [
+        {"Records": [{"n": 0}, {"n": 1}, {"n": 2}]}, {"Records": [{"n": 3}, {"n": 4}, {"n": 5}]},
+        {"Records": [{"n": 6}]}]
+    assert claim.events[2].accepted_at == clock.now - 10  # the event's age counts from its oldest record
+    await queue.close()
+    reopened = AsyncQueue(tmp_path / "q.sqlite3", clock=clock)
+    await reopened.open()
+    try:
+        assert await reopened.collecting() == {}
+        assert len((await reopened.claim("app", "invoke", 10)).events) == 3  # durable
+    finally:
+        await reopened.close()
+    await queue.open()
+
+
+async def test_an_event_may_bring_its_own_dedup_window(queue: AsyncQueue, clock: Clock) -> None:
+    await queue.enqueue([QueuedEvent("a", "fn", {"n": 1}, "id-1", dedup_window=60)], dedup_window=0)
+    clock.now += 30
+    again = await queue.enqueue([QueuedEvent("a", "fn", {"n": 1}, "id-1", dedup_window=60)], dedup_window=0)
+    assert again.duplicates == 1

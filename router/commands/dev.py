@@ -25,6 +25,7 @@ from router.commands import add_logging_arguments
 DEMO_BUCKETS = ("photos", "photos-thumbnails", "minio-photos", "minio-photos-thumbnails", "router-failed", "metrics")
 DEMO_TOPICS = (("clicks", 4), ("clicks-failed", 1))
 DEMO_CLICKS = 1000
+DEMO_DEVICES = ("phone-1", "phone-2", "tablet-1")
 
 
 def register(subparsers: Any) -> None:
@@ -176,9 +177,71 @@ class _Demo:
         for metrics in windows:
             say(f"  window {metrics['window']['start']} {metrics['shardId']}: {metrics['records']} records, "
                 f"{metrics['counts']}, {metrics['distinctUsers']} distinct users")
+        sent, taps = await asyncio.to_thread(self._devices)
+        say(f"mobile apps (MQTT app events from {len(DEMO_DEVICES)} simulated devices): {sent} messages, "
+            f"one of them resent")
+        say(f"  the function saw {taps['messages']} messages ({taps['malformed']} malformed) in "
+            f"{taps['invocations']} batched invocations")
+        for screen, entry in sorted(taps["screens"].items()):
+            say(f"  screen {screen}: {entry['clicks']} clicks by {len(entry['users'])} users")
         print(json.dumps({"thumbnail": list(thumb), "shards": {
-            s: {"records": p, "checkpoint": c} for s, (p, c) in shards.items()}, "windows": windows}))
+            s: {"records": p, "checkpoint": c} for s, (p, c) in shards.items()}, "windows": windows,
+            "app_clicks": {"sent": sent, **taps}}))
         return 0
+
+    def _devices(self) -> tuple[int, dict[str, Any]]:
+        """Phones publishing clicks with paho, as a mobile SDK would (MQTT v5, QoS 1, a message id
+        as a user property), some of them malformed and one resent; then what the clicks function
+        wrote to S3, summed."""
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        screens = ["home", "feed", "cart", "settings"]
+        sent = 0
+        for d, device in enumerate(DEMO_DEVICES):
+            client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"demo-{device}",
+                                 protocol=paho.MQTTv5)
+            client.connect("127.0.0.1", self.info.mqtt_port)
+            client.loop_start()
+            try:
+                payloads: list[bytes] = [
+                    json.dumps({"screen": screens[(d + i) % len(screens)], "user": f"{device}-user{i % 2}"}).encode()
+                    for i in range(8)
+                ]
+                payloads += [b"\x00\xffnot json", b"[1, 2]", json.dumps({"user": "no-screen"}).encode()][d:d + 1]
+                for i, payload in enumerate(payloads):
+                    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                    properties.UserProperty = [("message-id", f"{device}-{i}")]
+                    client.publish(f"app/{device}/clicks", payload, qos=1, properties=properties).wait_for_publish(10)
+                    sent += 1
+                if d == 0:  # a flaky network: the app resends its first message; the id makes it a duplicate
+                    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                    properties.UserProperty = [("message-id", f"{device}-0")]
+                    client.publish(f"app/{device}/clicks", payloads[0], qos=1,
+                                   properties=properties).wait_for_publish(10)
+            finally:
+                client.loop_stop()
+                client.disconnect()
+        s3 = self.info.s3_client()
+        while True:
+            listed = s3.list_objects_v2(Bucket="metrics", Prefix="clicks/").get("Contents", [])
+            parts = [json.loads(s3.get_object(Bucket="metrics", Key=o["Key"])["Body"].read()) for o in listed]
+            if sum(p["messages"] for p in parts) >= sent:
+                break
+            self._remaining()
+            time.sleep(0.5)
+        total: dict[str, Any] = {"invocations": len(parts), "messages": 0, "malformed": 0, "screens": {}}
+        for part in parts:
+            total["messages"] += part["messages"]
+            total["malformed"] += part["malformed"]
+            for screen, entry in part["screens"].items():
+                into = total["screens"].setdefault(screen, {"clicks": 0, "users": {}})
+                into["clicks"] += entry["clicks"]
+                for user, n in entry["users"].items():
+                    into["users"][user] = into["users"].get(user, 0) + n
+        return sent, total
 
     def _windows(self) -> list[dict[str, Any]]:
         """The metrics objects the windows' final invocations wrote (metrics/<start>/<shard>.json)."""

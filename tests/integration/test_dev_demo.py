@@ -36,6 +36,11 @@ def test_dev_demo_runs_every_example_and_exits_zero(tmp_path: Path) -> None:
     for window in windows:
         assert window["records"] == sum(window["counts"].values()) and window["malformed"] == 0
     assert "window 20" in done.stderr  # the demo printed the windows it read back
+    # Mobile apps: three simulated devices, one malformed message each, one resend suppressed by its id.
+    taps = summary["app_clicks"]
+    assert taps["sent"] == 27 and taps["messages"] == 27 and taps["malformed"] == 3
+    assert sum(e["clicks"] for e in taps["screens"].values()) == 24
+    assert taps["invocations"] < 27  # batched
     # Ctrl-C/exit tears the stack down: no broker of ours is left running.
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""

@@ -146,8 +146,11 @@ async def test_upload_through_the_page_shows_the_new_thumbnail(
         document = await page.send("DOM.getDocument")
         found = await page.send("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#photo")
         await page.send("DOM.setFileInputFiles", files=[str(picture)], nodeId=found["nodeId"])
-        await page.evaluate("document.getElementById('upload').submit()")
-        await page.until("location.pathname === '/gallery' && document.readyState === 'complete'", 15)
+        # A marker on the old document: the wait below ends only once the 303 has brought a new one,
+        # so a slow browser's submission is never cut off by the next navigation.
+        await page.evaluate("window.uploadPending = true; document.getElementById('upload').submit()")
+        await page.until("window.uploadPending === undefined && location.pathname === '/gallery' "
+                         "&& document.readyState === 'complete'", 30)
 
         loaded = """(() => { const img = document.querySelector('img[data-key="sunset.png"]');
                         return img !== null && img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0; })()"""

@@ -1,4 +1,4 @@
-"""Benchmark: MinIO-style MQTT notifications → router → handler start, next to a raw aiomqtt subscriber.
+"""Benchmark: MQTT bucket notifications and app events → router → handler start, next to raw aiomqtt.
 
     .venv/bin/python bench/push.py [--rate 1000] [--seconds 10] [--backlog 10000] [--concurrency 4]
 
@@ -15,6 +15,11 @@ their own so they do not share our event loop.
    sessions while nobody is connected; each then drains them alone. Raw rate = messages/s received
    by a bare aiomqtt client (auto-PUBACK, no work); router rates = acknowledged (durably queued)
    per second, and handler starts per second (end to end). Goal: router >= 0.5 x raw.
+
+Both phases run twice in the same run on the same broker: for MinIO-style bucket notifications
+(`bucket_notifications`, ~1.5 kB each) and for app events (`mqtt_topic`, a mobile client's ~100
+byte click, invoked with the payload as the event as an IoT rule does), each against its own raw
+subscriber on the same topic.
 
 Logging is at WARNING by default (per-invocation INFO lines cost a few percent; --log-level info).
 """
@@ -41,6 +46,7 @@ from router.devstack import Mosquitto
 from router.observability.logging import configure_logging
 
 TOPIC = "minio/bench"
+APP_TOPIC = "app/bench-device/clicks"
 BUCKET = "bench"
 
 HANDLER = '''
@@ -52,7 +58,8 @@ def handler(event, context):
     global _out
     if _out is None:
         _out = open(os.path.join(os.environ["BENCH_DIR"], f"starts-{os.getpid()}.txt"), "a", buffering=1)
-    _out.write(event["Records"][0]["s3"]["object"]["key"] + " " + str(started) + "\\n")
+    key = event["key"] if "key" in event else event["Records"][0]["s3"]["object"]["key"]
+    _out.write(key + " " + str(started) + "\\n")
 '''
 
 
@@ -78,6 +85,22 @@ def notification(phase: str, seq: int, published_ns: int) -> bytes:
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 
+def app_event(phase: str, seq: int, published_ns: int) -> bytes:
+    """A mobile client's click: what an app-event mapping delivers as the event itself."""
+    key = f"{phase}/{seq:07d}-{published_ns}.jpg"
+    return json.dumps({"key": key, "screen": "home", "user": f"u{seq % 50}", "button": "buy"},
+                      separators=(",", ":")).encode()
+
+
+def key_of(payload: bytes) -> str:
+    body = json.loads(payload)
+    return body["key"] if "key" in body else unquote_plus(body["Records"][0]["s3"]["object"]["key"])
+
+
+# (topic, payload) for each kind of push mapping measured
+KINDS: dict[str, tuple[str, Any]] = {"notifications": (TOPIC, notification), "app events": (APP_TOPIC, app_event)}
+
+
 def published_ns_of(key: str) -> int:
     return int(key.rsplit("-", 1)[1].removesuffix(".jpg"))
 
@@ -85,8 +108,9 @@ def published_ns_of(key: str) -> int:
 # -- child processes -------------------------------------------------------------------------------
 
 
-def publisher_main(port: int, phase: str, count: int, rate: float | None) -> None:
-    """Publish `count` notifications, at `rate`/s or as fast as PUBACKs allow (pipelined)."""
+def publisher_main(port: int, kind: str, phase: str, count: int, rate: float | None) -> None:
+    """Publish `count` messages of `kind`, at `rate`/s or as fast as PUBACKs allow (pipelined)."""
+    topic, make = KINDS[kind]
 
     async def run() -> None:
         async with aiomqtt.Client("127.0.0.1", port, identifier=f"{time.time_ns():x}",
@@ -100,7 +124,7 @@ def publisher_main(port: int, phase: str, count: int, rate: float | None) -> Non
                     delay = started + seq / rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                task = asyncio.create_task(client.publish(TOPIC, notification(phase, seq, time.time_ns()), qos=1))
+                task = asyncio.create_task(client.publish(topic, make(phase, seq, time.time_ns()), qos=1))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 if len(pending) >= 150:
@@ -111,22 +135,21 @@ def publisher_main(port: int, phase: str, count: int, rate: float | None) -> Non
     asyncio.run(run())
 
 
-def raw_main(port: int, identifier: str, clean: bool, expected: int, out: str, ready: Any) -> None:
-    """A bare aiomqtt subscriber: records the receive time of each notification, nothing else."""
+def raw_main(port: int, topic: str, identifier: str, clean: bool, expected: int, out: str, ready: Any) -> None:
+    """A bare aiomqtt subscriber: records the receive time of each message, nothing else."""
 
     async def run() -> list[str]:
         lines: list[str] = []
         async with aiomqtt.Client("127.0.0.1", port, identifier=identifier, protocol=aiomqtt.ProtocolVersion.V5,
                                   clean_start=clean, properties=_session_properties(clean)) as client:
-            await client.subscribe(TOPIC, qos=1)
+            await client.subscribe(topic, qos=1)
             ready.set()
             if expected == 0:
                 return lines
             async for message in client.messages:
                 received = time.time_ns()
-                # as much work as any consumer does: parse, decode the key
-                record = json.loads(bytes(message.payload))["Records"][0]
-                lines.append(f"{unquote_plus(record['s3']['object']['key'])} {received}")
+                # as much work as any consumer does: parse, find the key
+                lines.append(f"{key_of(bytes(message.payload))} {received}")
                 if len(lines) >= expected:
                     break
         return lines
@@ -206,67 +229,83 @@ async def join(proc: multiprocessing.process.BaseProcess, timeout: float) -> Non
 # -- the run ---------------------------------------------------------------------------------------
 
 
-async def bench(args: argparse.Namespace, broker: Mosquitto, work: Path) -> dict[str, Any]:
+def make_config(args: argparse.Namespace, work: Path) -> Any:
     code = work / "code"
     code.mkdir()
     (code / "bench_handler.py").write_text(HANDLER)
-    config = load_config_data({
+    return load_config_data({
         "state_dir": str(work / "state"),
         "functions": {"bench": {"handler": "bench_handler.handler", "code_path": str(code), "timeout": 30,
                                 "reserved_concurrent_executions": args.concurrency,
                                 "environment": {"variables": {"BENCH_DIR": str(work)}}}},
-        "mqtt": {"host": broker.host, "port": broker.port, "client_id": "router-bench"},
+        "mqtt": {"host": "127.0.0.1", "port": args.port, "client_id": "router-bench"},
         "http": {"listen": "127.0.0.1:0", "webhook_token": "bench"},
-        "event_source_mappings": {"bench": {"function_name": "bench", "bucket_notifications": {
-            "transport": "mqtt", "topic": TOPIC, "bucket": BUCKET, "events": ["s3:ObjectCreated:*"]}}},
+        "event_source_mappings": {
+            "bench": {"function_name": "bench", "bucket_notifications": {
+                "transport": "mqtt", "topic": TOPIC, "bucket": BUCKET, "events": ["s3:ObjectCreated:*"]}},
+            "bench-app": {"function_name": "bench", "mqtt_topic": "app/+/clicks"},
+        },
     })
-    results: dict[str, Any] = {}
-    mp = multiprocessing.get_context("spawn")
 
-    # 1. fixed rate, live ---------------------------------------------------------------------------
+
+async def started(config: Any) -> Router:
     app: Router = await build(config)
     await start(app)
     tune_garbage_collector()  # as `router run` does once started
     assert app.mqtt is not None
     mqtt = app.mqtt
     await wait_for(lambda: mqtt.status()["subscribed"], 15, "the router to subscribe")
+    return app
+
+
+async def bench_kind(args: argparse.Namespace, config: Any, work: Path, kind: str) -> dict[str, Any]:
+    """Both phases for one kind of message; phases are named after the kind so keys never collide."""
+    port = args.port
+    topic = KINDS[kind][0]
+    tag = kind.split()[0]
+    live, warm, backlog = f"{tag}-live", f"{tag}-warm", f"{tag}-backlog"
+    results: dict[str, Any] = {}
+    mp = multiprocessing.get_context("spawn")
+
+    # 1. fixed rate, live ---------------------------------------------------------------------------
+    app = await started(config)
     # warm every execution environment and the queue
-    await join(spawn(publisher_main, broker.port, "warm", 200, 400.0), 60)
-    await wait_for(lambda: len(read_starts(work, "warm")) >= 200, 60, "the warm-up")
+    await join(spawn(publisher_main, port, kind, warm, 200, 400.0), 60)
+    await wait_for(lambda: len(read_starts(work, warm)) >= 200, 60, "the warm-up")
 
     total = int(args.rate * args.seconds)
     ready = mp.Event()
-    raw_live = work / "raw-live.txt"
-    raw = spawn(raw_main, broker.port, f"raw-live-{time.time_ns():x}", True, total, str(raw_live), ready)
+    raw_live = work / f"raw-{live}.txt"
+    raw = spawn(raw_main, port, topic, f"raw-live-{time.time_ns():x}", True, total, str(raw_live), ready)
     await asyncio.to_thread(ready.wait, 15)
     await asyncio.sleep(0.2)
     invoked = app.pool.status()["bench"]["invocations"]
     live_cpu = time.process_time()
     began = time.monotonic()
-    await join(spawn(publisher_main, broker.port, "live", total, args.rate), args.seconds * 3 + 30)
+    await join(spawn(publisher_main, port, kind, live, total, args.rate), args.seconds * 3 + 30)
     publish_seconds = time.monotonic() - began
     # The pool's invocation count is free to read; the handlers' files are read once, at the end.
     await wait_for(lambda: app.pool.status()["bench"]["invocations"] >= invoked + total, 120,
-                   "every live notification to be handled")
+                   "every live message to be handled")
     live_cpu = time.process_time() - live_cpu
-    await wait_for(lambda: len(read_starts(work, "live")) >= total, 30, "the handlers' records of the live phase")
+    await wait_for(lambda: len(read_starts(work, live)) >= total, 30, "the handlers' records of the live phase")
     await join(raw, 60)
     results["live"] = {
         "sent": total, "publish_seconds": publish_seconds,
-        "router": latencies(read_starts(work, "live")), "raw": latencies(read_raw(raw_live, "live")),
+        "router": latencies(read_starts(work, live)), "raw": latencies(read_raw(raw_live, live)),
         "daemon_cpu_us": live_cpu / total * 1e6,
     }
 
     # 2. backlog drain ------------------------------------------------------------------------------
     raw_id = f"raw-backlog-{time.time_ns():x}"
     ready = mp.Event()
-    await join(spawn(raw_main, broker.port, raw_id, False, 0, str(work / "unused"), ready), 30)  # its session
-    await stop(app)  # the router's session and $share subscription stay in the broker
-    await join(spawn(publisher_main, broker.port, "backlog", args.backlog, None), 300)
+    await join(spawn(raw_main, port, topic, raw_id, False, 0, str(work / "unused"), ready), 30)  # its session
+    await stop(app)  # the router's session and $share subscriptions stay in the broker
+    await join(spawn(publisher_main, port, kind, backlog, args.backlog, None), 300)
 
-    raw_backlog = work / "raw-backlog.txt"
+    raw_backlog = work / f"raw-{backlog}.txt"
     ready = mp.Event()
-    await join(spawn(raw_main, broker.port, raw_id, False, args.backlog, str(raw_backlog), ready), 300)
+    await join(spawn(raw_main, port, topic, raw_id, False, args.backlog, str(raw_backlog), ready), 300)
 
     app = await build(config)
     connected_at = time.monotonic()
@@ -279,38 +318,43 @@ async def bench(args: argparse.Namespace, broker: Mosquitto, work: Path) -> dict
     ack_seconds = time.monotonic() - connected_at
     await wait_for(lambda: app.pool.status()["bench"]["invocations"] >= args.backlog, 600, "the backlog to be handled")
     daemon_cpu = time.process_time() - daemon_cpu
-    await wait_for(lambda: len(read_starts(work, "backlog")) >= args.backlog, 30,
+    await wait_for(lambda: len(read_starts(work, backlog)) >= args.backlog, 30,
                    "the handlers' records of the backlog")
     await stop(app)
     results["backlog"] = {
         "count": args.backlog,
-        "raw_rate": drain_rate(read_raw(raw_backlog, "backlog")),
+        "raw_rate": drain_rate(read_raw(raw_backlog, backlog)),
         "router_ack_rate": args.backlog / ack_seconds,
-        "router_start_rate": drain_rate(read_starts(work, "backlog")),
+        "router_start_rate": drain_rate(read_starts(work, backlog)),
         "daemon_cpu_us": daemon_cpu / args.backlog * 1e6,
     }
     return results
 
 
-def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+async def bench(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
+    config = make_config(args, work)
+    return {kind: await bench_kind(args, config, work, kind) for kind in KINDS}
+
+
+def report(kind: str, results: dict[str, Any], args: argparse.Namespace) -> None:
     live = results["live"]
-    print(f"\nfixed rate: {args.rate:g}/s for {args.seconds:g} s ({live['sent']} notifications, "
+    print(f"\n{kind}, fixed rate: {args.rate:g}/s for {args.seconds:g} s ({live['sent']} messages, "
           f"published in {live['publish_seconds']:.2f} s), {args.concurrency} execution environments")
     print(f"{'':32} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'count':>7}")
     for name, values in (("raw aiomqtt subscriber (receive)", live["raw"]), ("router (handler start)", live["router"])):
         print(f"{name:32} {percentile(values, 50):8.2f} {percentile(values, 99):8.2f} {max(values):8.2f} "
               f"{len(values):7d}")
-    print(f"{'router daemon CPU':32} {live['daemon_cpu_us']:8.0f} us per notification (all its threads)")
+    print(f"{'router daemon CPU':32} {live['daemon_cpu_us']:8.0f} us per message (all its threads)")
     p99 = percentile(live["router"], 99)
     print(f"goal p99 < 50 ms: {'met' if p99 < 50 else 'NOT met'} ({p99:.1f} ms)")
     backlog = results["backlog"]
-    print(f"\nmaximum sustained rate: a backlog of {backlog['count']} notifications drained by each alone")
+    print(f"\n{kind}, maximum sustained rate: a backlog of {backlog['count']} messages drained by each alone")
     print(f"{'raw aiomqtt subscriber':32} {backlog['raw_rate']:10.0f} /s")
     print(f"{'router, acknowledged (queued)':32} {backlog['router_ack_rate']:10.0f} /s  "
           f"{backlog['router_ack_rate'] / backlog['raw_rate']:.2f} x raw")
     print(f"{'router, handler started':32} {backlog['router_start_rate']:10.0f} /s  "
           f"{backlog['router_start_rate'] / backlog['raw_rate']:.2f} x raw")
-    print(f"{'router daemon CPU':32} {backlog['daemon_cpu_us']:10.0f} us per notification (all its threads)")
+    print(f"{'router daemon CPU':32} {backlog['daemon_cpu_us']:10.0f} us per message (all its threads)")
     ratio = backlog["router_start_rate"] / backlog["raw_rate"]
     print(f"goal >= 0.5 x raw (end to end): {'met' if ratio >= 0.5 else 'NOT met'} ({ratio:.2f})")
 
@@ -328,15 +372,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="router-bench-push-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "mosquitto") as broker:
-            results = event_loop.run(bench(args, broker, work))  # the daemon's loop (it runs in this process)
-    report(results, args)
+            args.port = broker.port
+            results = event_loop.run(bench(args, work))  # the daemon's loop (it runs in this process)
+    for kind, figures in results.items():
+        report(kind, figures, args)
     if args.json:
-        live = results["live"]
-        print(json.dumps({
-            "router_p50_ms": percentile(live["router"], 50), "router_p99_ms": percentile(live["router"], 99),
-            "raw_p50_ms": percentile(live["raw"], 50), "raw_p99_ms": percentile(live["raw"], 99),
-            **results["backlog"],
-        }))
+        print(json.dumps({kind: {
+            "router_p50_ms": percentile(figures["live"]["router"], 50),
+            "router_p99_ms": percentile(figures["live"]["router"], 99),
+            "raw_p50_ms": percentile(figures["live"]["raw"], 50), "raw_p99_ms": percentile(figures["live"]["raw"], 99),
+            **figures["backlog"],
+        } for kind, figures in results.items()}))
     return 0
 
 

@@ -246,3 +246,41 @@ async def test_a_sigkill_between_puback_and_invocation_loses_nothing(tmp_path: P
     finally:
         second.stop()
     assert sorted(e["n"] for e in seen(tmp_path)) == [0, 1, 2, 3, 4]
+
+
+async def test_a_retained_message_is_delivered_once_to_a_new_subscription_not_on_every_reconnect(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """Retain handling 1 (send if the subscription is new), for a plain and for a `$share`
+    subscription. The MQTT 5 spec sends shared subscriptions no retained messages; Mosquitto 2 does
+    send them to a new one, so on Mosquitto both get the retained message once, on the first start."""
+    where = f"retained{os.getpid()}"
+
+    def retain() -> None:
+        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"keeper-{os.getpid()}",
+                             protocol=paho.MQTTv5)
+        client.connect(mosquitto.host, mosquitto.port)
+        client.loop_start()
+        try:
+            client.publish(f"{where}/d1/clicks", b'{"last": "state"}', qos=1, retain=True).wait_for_publish(5)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+    await asyncio.to_thread(retain)
+
+    for group in (None, f"g{os.getpid()}"):
+        folder = tmp_path / f"group-{group}"
+        folder.mkdir()
+        data = base_config(folder, mosquitto=mosquitto)
+        data["functions"]["clicks"] = clicks_function(folder)
+        data["mqtt"]["shared_subscription_group"] = group
+        data["mqtt"]["client_id"] = f"retain-{group}-{os.getpid()}"  # a session of its own
+        file = ConfigFile(folder / "router.yaml", data)
+        file.mappings["clicks"] = {"function_name": "clicks", "mqtt_topic": f"{where}/+/clicks"}
+        for start in range(2):  # a first start, then a restart on the persistent session (subscription kept)
+            async with daemon(file) as app:
+                await wait_until(lambda source=app.mqtt: source.status()["subscribed"], 15, "the subscription")
+                if start == 0:
+                    await wait_until(lambda where=folder: len(seen(where)) >= 1, 15, "the retained message")
+                await asyncio.sleep(1.5)
+        assert seen(folder) == [{"last": "state"}], group  # once, not again on the reconnect

@@ -48,7 +48,7 @@ def seen(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-async def publish(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
+async def publish(broker: Mosquitto, messages: list[tuple[str, bytes]], retain: bool = False) -> None:
     def send() -> None:
         client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"device-{os.getpid()}",
                              protocol=paho.MQTTv5)
@@ -56,7 +56,7 @@ async def publish(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
         client.loop_start()
         try:
             for topic, payload in messages:
-                client.publish(topic, payload, qos=1).wait_for_publish(5)
+                client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
         finally:
             client.loop_stop()
             client.disconnect()
@@ -256,17 +256,7 @@ async def test_a_retained_message_is_delivered_once_to_a_new_subscription_not_on
     send them to a new one, so on Mosquitto both get the retained message once, on the first start."""
     where = f"retained{os.getpid()}"
 
-    def retain() -> None:
-        client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"keeper-{os.getpid()}",
-                             protocol=paho.MQTTv5)
-        client.connect(mosquitto.host, mosquitto.port)
-        client.loop_start()
-        try:
-            client.publish(f"{where}/d1/clicks", b'{"last": "state"}', qos=1, retain=True).wait_for_publish(5)
-        finally:
-            client.loop_stop()
-            client.disconnect()
-    await asyncio.to_thread(retain)
+    await publish(mosquitto, [(f"{where}/d1/clicks", b'{"last": "state"}')], retain=True)
 
     for group in (None, f"g{os.getpid()}"):
         folder = tmp_path / f"group-{group}"

@@ -62,7 +62,9 @@ _HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
 
 
 class FunctionConfig(_Model):
-    """A Lambda function: Handler, Timeout, MemorySize, ReservedConcurrentExecutions, Environment."""
+    """A Lambda function: Handler, Timeout, MemorySize, ReservedConcurrentExecutions, Environment,
+    and its event invoke config (how `Invoke` with InvocationType `Event` retries and where its
+    results go, Lambda's `PutFunctionEventInvokeConfig`)."""
 
     handler: str
     code_path: Path | None = None
@@ -71,6 +73,7 @@ class FunctionConfig(_Model):
     reserved_concurrent_executions: Annotated[int, Field(ge=0, le=1000)] = 1
     environment: Environment = Field(default_factory=Environment)
     description: str = ""
+    event_invoke_config: AsyncInvokeSettings | None = None
 
     @field_validator("handler")
     @classmethod
@@ -448,6 +451,43 @@ class HttpRoute(_Model):
 
 
 # ----------------------------------------------------------------------------------------------
+# the Lambda API
+
+
+class ApiCredential(_Model):
+    """An access key the Lambda API accepts (requests are SigV4-signed by boto3 and the CLI)."""
+
+    access_key_id: Annotated[str, Field(min_length=1, max_length=128)]
+    secret_access_key: SecretStr
+
+
+class LambdaApiConfig(_Model):
+    """Lambda's REST API on `http.listen`: Invoke, ListFunctions/GetFunction and the event source
+    mapping operations. Without credentials it is served only on a loopback listener (anyone who
+    can reach 127.0.0.1 can already edit the config file); with them every request must carry a
+    valid SigV4 signature by one of them."""
+
+    credentials: list[ApiCredential] = Field(default_factory=list)
+    # Where API-created mappings are kept: a file in state_dir (one instance), or kafka://TOPIC, a
+    # compacted topic every replica reads from the start.
+    registry: str | None = None
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme != "kafka" or not parts.netloc or parts.path not in ("", "/"):
+            raise ValueError("must be kafka://TOPIC (omit it to keep the registry in state_dir)")
+        return value
+
+    @property
+    def registry_topic(self) -> str | None:
+        return urlsplit(self.registry).netloc if self.registry else None
+
+
+# ----------------------------------------------------------------------------------------------
 # root
 
 
@@ -462,6 +502,7 @@ class Config(_Model):
     s3: S3Config | None = None
     event_source_mappings: dict[str, EventSourceMapping] = Field(default_factory=dict)
     http_routes: dict[str, HttpRoute] = Field(default_factory=dict)
+    lambda_api: LambdaApiConfig | None = None
     stall_timeout_seconds: Annotated[float, Field(gt=0)] = 300
     stall_exit_seconds: Annotated[float, Field(gt=0)] | None = None
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 30
@@ -539,6 +580,14 @@ def cross_checks(config: Config) -> list[str]:
         problems.append(f"http_routes: {exc}")
     if not config.http.is_loopback and config.http.admin_token is None:
         problems.append("http.admin_token: required when http.listen is not a loopback address")
+    api = config.lambda_api
+    if api is not None and not api.credentials and not config.http.is_loopback:
+        problems.append("lambda_api.credentials: required when http.listen is not a loopback address "
+                        "(the API changes what runs)")
+    if api is not None and api.registry is not None and config.kafka is None:
+        problems.append("lambda_api.registry: a kafka:// registry needs a kafka section")
+    if api is not None and len({c.access_key_id for c in api.credentials}) != len(api.credentials):
+        problems.append("lambda_api.credentials: an access_key_id is listed twice")
     return problems
 
 
@@ -585,15 +634,19 @@ def _bounds(model: type[BaseModel], name: str) -> tuple[Any, Any] | None:
     return (lo, hi) if lo is not None and hi is not None else None
 
 
-def _range_message(loc: tuple[int | str, ...]) -> str | None:
+def _range_message(loc: tuple[int | str, ...], hint: tuple[type[BaseModel], ...] = ()) -> str | None:
     """Say "must be between 1 and 900" rather than pydantic's one-sided wording."""
     name = str(loc[-1])
-    if "stream" in loc:
-        models: tuple[type[BaseModel], ...] = (StreamMapping,)
+    if hint:
+        models: tuple[type[BaseModel], ...] = hint
+    elif "stream" in loc:
+        models = (StreamMapping,)
     elif "bucket" in loc:
         models = (BucketMapping, BucketNotifications)
+    elif "app" in loc:
+        models = (AppEventMapping,)
     else:
-        models = (FunctionConfig, KafkaConfig, MqttConfig, HttpConfig, Config)
+        models = (FunctionConfig, AsyncInvokeSettings, KafkaConfig, MqttConfig, HttpConfig, Config)
     for model in models:
         bounds = _bounds(model, name)
         if bounds:
@@ -601,7 +654,9 @@ def _range_message(loc: tuple[int | str, ...]) -> str | None:
     return None
 
 
-def _format_errors(error: ValidationError) -> list[str]:
+def format_errors(error: ValidationError, models: tuple[type[BaseModel], ...] = ()) -> list[str]:
+    """One `dotted.path: message` line per error; `models` names the model(s) validated when it
+    is not the whole config (for the range wording)."""
     lines = []
     for item in error.errors(include_url=False, include_input=False):
         loc = _format_loc(item["loc"])
@@ -617,7 +672,7 @@ def _format_errors(error: ValidationError) -> list[str]:
             if sep and re.fullmatch(r"[a-z_][a-z0-9_.\[\]]*", head):
                 loc, msg = f"{loc}.{head}" if loc != "<root>" else head, tail
         elif item["type"] in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-            msg = _range_message(item["loc"]) or msg[0].lower() + msg[1:]
+            msg = _range_message(item["loc"], models) or msg[0].lower() + msg[1:]
         lines.append(f"{loc}: {msg}")
     return lines
 
@@ -635,7 +690,7 @@ def load_config_data(data: Any, env: Mapping[str, str] | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from None
+        raise ConfigError(format_errors(exc)) from None
     problems = cross_checks(config)
     if problems:
         raise ConfigError(problems)

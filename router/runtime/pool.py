@@ -258,6 +258,7 @@ class WorkerPool:
         self._watchdog: asyncio.Task[None] | None = None
         self._outcome_counters: dict[tuple[str, str], Any] = {}
         self._request_ids = RequestIds()
+        self._captured: dict[str, list[str]] = {}  # request id -> log lines, for capture_log
         self._loads = fast_json.json_loads()  # responses
 
     def _function(self, name: str, fc: FunctionConfig) -> _Function:
@@ -393,8 +394,15 @@ class WorkerPool:
         invocation_type: InvocationType = "RequestResponse",
         client_context: Mapping[str, Any] | None = None,
         invoked_function_arn: str | None = None,
+        capture_log: bool = False,
     ) -> InvocationResult:
-        """One invocation. `event` is anything JSON-serialisable, JSON bytes, or a PackedEvent."""
+        """One invocation. `event` is anything JSON-serialisable, JSON bytes, or a PackedEvent.
+        With `capture_log` the result's `log` holds the invocation's log lines as Lambda writes
+        them to its log stream (what Invoke's LogType Tail returns)."""
+        if capture_log:
+            return await self._invoke_capturing(function, event, request_id=request_id,
+                                                invocation_type=invocation_type, client_context=client_context,
+                                                invoked_function_arn=invoked_function_arn)
         fn = self._functions.get(function)
         if fn is None:
             raise UnknownFunction(function)
@@ -446,6 +454,27 @@ class WorkerPool:
             return self._finish(fn, self._completed(request, started.env, outcome), started.init_ms)
         finally:
             fn.in_flight -= 1
+
+    async def _invoke_capturing(self, function: str, event: Any, *, request_id: str | None,
+                                invocation_type: InvocationType, client_context: Mapping[str, Any] | None,
+                                invoked_function_arn: str | None) -> InvocationResult:
+        request_id = request_id or self._request_ids.next()
+        lines = self._captured[request_id] = []
+        try:
+            result = await self.invoke(function, event, request_id=request_id, invocation_type=invocation_type,
+                                       client_context=client_context, invoked_function_arn=invoked_function_arn)
+        finally:
+            del self._captured[request_id]
+        fc = self._functions[function].config if function in self._functions else None
+        report = (f"REPORT RequestId: {request_id}\tDuration: {result.duration_ms:.2f} ms"
+                  f"\tBilled Duration: {result.billed_duration_ms} ms"
+                  f"\tMemory Size: {fc.memory_size if fc else 0} MB\tMax Memory Used: {result.max_memory_used_mb} MB")
+        if result.init_duration_ms is not None:
+            report += f"\tInit Duration: {result.init_duration_ms:.2f} ms"
+        text = "".join([f"START RequestId: {request_id} Version: {FUNCTION_VERSION}\n",
+                        *(f"{line}\n" for line in lines), f"END RequestId: {request_id}\n", f"{report}\t\n"])
+        result.log = text
+        return result
 
     async def _start_cold(self, fn: _Function, request: _Request) -> _Started | InvocationResult:
         """Start a new environment in the slot we hold and send it the invocation, or say why
@@ -621,6 +650,9 @@ class WorkerPool:
         # printed output is one event per line.
         text = text.removesuffix("\n")
         messages = [text] if stream == "log" else text.split("\n")
+        captured = self._captured.get(request_id) if request_id is not None and self._captured else None
+        if captured is not None:
+            captured.extend(messages)
         for message in messages:
             fn.log.info("function.log", request_id=request_id, stream=stream, message=message)
 

@@ -33,6 +33,9 @@ class InvocationResult:
     billed_duration_ms: int = 0
     max_memory_used_mb: int = 0
     init_duration_ms: float | None = None
+    # The invocation's log (START, what the function wrote, END, REPORT) when the caller asked for
+    # it (Invoke with LogType Tail); None otherwise.
+    log: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -232,6 +232,25 @@ async def test_handler_exception_is_an_unhandled_function_error(make_pool: MakeP
     assert any(m.startswith("[ERROR] ValueError: boom 7") for m in logged)
 
 
+async def test_captured_log_is_the_invocations_own_lambda_log_stream(make_pool: MakePool) -> None:
+    """What Invoke's LogType Tail returns: START, the handler's output, END and REPORT of this
+    invocation only."""
+    h = await make_pool(chatty={"handler": "basic.chatty"}, boom={"handler": "basic.boom"})
+    await h.pool.invoke("chatty", {})  # another invocation's lines must not appear below
+    result = await h.pool.invoke("chatty", {}, request_id="req-tail", capture_log=True)
+    assert result.payload == "done" and result.log is not None
+    lines = result.log.splitlines()
+    assert lines[0] == "START RequestId: req-tail Version: $LATEST"
+    assert lines[-2] == "END RequestId: req-tail"
+    assert lines[-1].startswith("REPORT RequestId: req-tail\tDuration: ")
+    assert "Memory Size: 128 MB" in lines[-1]
+    assert lines.count("hello from stdout") == 1 and "two" in lines and "lines" in lines
+    failed = await h.pool.invoke("boom", {"n": 1}, request_id="req-boom-tail", capture_log=True)
+    assert failed.log is not None and "[ERROR] ValueError: boom 1" in failed.log
+    plain = await h.pool.invoke("chatty", {})
+    assert plain.log is None
+
+
 async def test_non_serialisable_response_is_a_marshal_error(make_pool: MakePool) -> None:
     h = await make_pool(bad={"handler": "basic.unmarshalable"})
     result = await h.pool.invoke("bad", {})

@@ -62,9 +62,7 @@ _HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
 
 
 class FunctionConfig(_Model):
-    """A Lambda function: Handler, Timeout, MemorySize, ReservedConcurrentExecutions, Environment,
-    and its event invoke config (how `Invoke` with InvocationType `Event` retries and where its
-    results go, Lambda's `PutFunctionEventInvokeConfig`)."""
+    """A Lambda function: Handler, Timeout, MemorySize, ReservedConcurrentExecutions, Environment."""
 
     handler: str
     code_path: Path | None = None
@@ -73,7 +71,6 @@ class FunctionConfig(_Model):
     reserved_concurrent_executions: Annotated[int, Field(ge=0, le=1000)] = 1
     environment: Environment = Field(default_factory=Environment)
     description: str = ""
-    event_invoke_config: AsyncInvokeSettings | None = None
 
     @field_validator("handler")
     @classmethod
@@ -581,6 +578,10 @@ def cross_checks(config: Config) -> list[str]:
     if not config.http.is_loopback and config.http.admin_token is None:
         problems.append("http.admin_token: required when http.listen is not a loopback address")
     api = config.lambda_api
+    if api is not None:
+        # Validated in full below, but its routes are not served yet: refusing the section is
+        # better than a config that says an API is there when nothing answers.
+        problems.append("lambda_api: the Lambda API is not served by this version yet")
     if api is not None and not api.credentials and not config.http.is_loopback:
         problems.append("lambda_api.credentials: required when http.listen is not a loopback address "
                         "(the API changes what runs)")

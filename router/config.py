@@ -479,10 +479,6 @@ class LambdaApiConfig(_Model):
             raise ValueError("must be kafka://TOPIC (omit it to keep the registry in state_dir)")
         return value
 
-    @property
-    def registry_topic(self) -> str | None:
-        return urlsplit(self.registry).netloc if self.registry else None
-
 
 # ----------------------------------------------------------------------------------------------
 # root
@@ -579,16 +575,16 @@ def cross_checks(config: Config) -> list[str]:
         problems.append("http.admin_token: required when http.listen is not a loopback address")
     api = config.lambda_api
     if api is not None:
-        # Validated in full below, but its routes are not served yet: refusing the section is
-        # better than a config that says an API is there when nothing answers.
+        # Validated in full, but its routes are not served yet: refusing the section is better
+        # than a config that says an API is there when nothing answers.
         problems.append("lambda_api: the Lambda API is not served by this version yet")
-    if api is not None and not api.credentials and not config.http.is_loopback:
-        problems.append("lambda_api.credentials: required when http.listen is not a loopback address "
-                        "(the API changes what runs)")
-    if api is not None and api.registry is not None and config.kafka is None:
-        problems.append("lambda_api.registry: a kafka:// registry needs a kafka section")
-    if api is not None and len({c.access_key_id for c in api.credentials}) != len(api.credentials):
-        problems.append("lambda_api.credentials: an access_key_id is listed twice")
+        if not api.credentials and not config.http.is_loopback:
+            problems.append("lambda_api.credentials: required when http.listen is not a loopback address "
+                            "(the API changes what runs)")
+        if api.registry is not None and config.kafka is None:
+            problems.append("lambda_api.registry: a kafka:// registry needs a kafka section")
+        if len({c.access_key_id for c in api.credentials}) != len(api.credentials):
+            problems.append("lambda_api.credentials: an access_key_id is listed twice")
     return problems
 
 
@@ -647,7 +643,7 @@ def _range_message(loc: tuple[int | str, ...], hint: tuple[type[BaseModel], ...]
     elif "app" in loc:
         models = (AppEventMapping,)
     else:
-        models = (FunctionConfig, AsyncInvokeSettings, KafkaConfig, MqttConfig, HttpConfig, Config)
+        models = (FunctionConfig, KafkaConfig, MqttConfig, HttpConfig, Config)
     for model in models:
         bounds = _bounds(model, name)
         if bounds:

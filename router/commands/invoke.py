@@ -17,6 +17,7 @@ from typing import Any
 
 from router.commands import add_config_argument
 from router.config import ConfigError, load_config
+from router.runtime.context import report_line
 
 EXIT_OK = 0
 EXIT_FUNCTION_ERROR = 1
@@ -47,17 +48,11 @@ def lambda_text(logger: Any, method_name: str, event_dict: MutableMapping[str, A
     if event == "invocation.end":
         return f"END RequestId: {request_id}"
     if event == "invocation.report":
-        line = (
-            f"REPORT RequestId: {request_id}\tDuration: {event_dict['duration_ms']:.2f} ms"
-            f"\tBilled Duration: {event_dict['billed_duration_ms']} ms"
-            f"\tMemory Size: {event_dict['memory_size_mb']} MB"
-            f"\tMax Memory Used: {event_dict['max_memory_used_mb']} MB"
-        )
-        if event_dict.get("init_duration_ms") is not None:
-            line += f"\tInit Duration: {event_dict['init_duration_ms']:.2f} ms"
-        if event_dict.get("error_type"):
-            line += f"\tStatus: error\tError Type: {event_dict['error_type']}"
-        return line
+        return report_line(str(request_id), duration_ms=event_dict["duration_ms"],
+                           billed_duration_ms=event_dict["billed_duration_ms"],
+                           memory_size_mb=event_dict["memory_size_mb"],
+                           max_memory_used_mb=event_dict["max_memory_used_mb"],
+                           init_duration_ms=event_dict.get("init_duration_ms"), error_type=event_dict.get("error_type"))
     if method_name == "debug":
         import structlog
 

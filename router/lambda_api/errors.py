@@ -47,31 +47,3 @@ def not_found(message: str) -> LambdaApiError:
 
 def invalid_parameter(message: str) -> LambdaApiError:
     return LambdaApiError(400, "InvalidParameterValueException", message)
-
-
-def invalid_content(message: str) -> LambdaApiError:
-    return LambdaApiError(400, "InvalidRequestContentException", message)
-
-
-def conflict(message: str) -> LambdaApiError:
-    return LambdaApiError(409, "ResourceConflictException", message)
-
-
-def in_use(message: str) -> LambdaApiError:
-    return LambdaApiError(400, "ResourceInUseException", message)
-
-
-def too_large(message: str) -> LambdaApiError:
-    return LambdaApiError(413, "RequestTooLargeException", message)
-
-
-def too_many_requests(reason: str, message: str = "Rate Exceeded.") -> LambdaApiError:
-    return LambdaApiError(429, "TooManyRequestsException", message, reason=reason, retry_after=1)
-
-
-def unknown_operation() -> LambdaApiError:
-    return LambdaApiError(404, "UnknownOperationException", "Unknown operation")
-
-
-def service_error(message: str) -> LambdaApiError:
-    return LambdaApiError(500, "ServiceException", message)

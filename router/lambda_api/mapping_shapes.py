@@ -154,9 +154,9 @@ def _spec(members: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in members.items():
         if key in ("FunctionName", "EventSourceArn"):
             continue
-        if key == "FilterCriteria":
-            filters = value.get("Filters") if isinstance(value, Mapping) else value
-            spec["filter_criteria"] = _snake_keys(value) if filters not in (None, []) else None
+        if key == "FilterCriteria":  # {} or no Filters: no criteria
+            cleared = isinstance(value, Mapping) and not value.get("Filters")
+            spec["filter_criteria"] = None if cleared else _snake_keys(value)
         elif key == "DestinationConfig":
             spec["destination_config"] = _destination_spec(value)
         else:
@@ -204,7 +204,7 @@ def _invalid(lines: list[str]) -> LambdaApiError:
 
 
 def _public(field: str) -> str:
-    return "EventSourceArn" if field == "kafka_topic" else pascal(field) if not field.isdigit() else field
+    return "EventSourceArn" if field == "kafka_topic" else pascal(field)
 
 
 def create_mapping(body: Any, config: Config, name: str) -> StreamMapping:
@@ -221,10 +221,8 @@ def create_mapping(body: Any, config: Config, name: str) -> StreamMapping:
 
 def update_mapping(body: Any, current: StreamMapping, config: Config, name: str) -> StreamMapping:
     """`current` with an UpdateEventSourceMapping body's members applied (validated as a whole)."""
-    members = _members(body, UPDATE_MEMBERS | {"UUID"})
-    members.pop("UUID", None)
-    spec = current.model_dump(exclude_unset=False)
-    spec["filter_criteria"] = (current.filter_criteria.model_dump() if current.filter_criteria else None)
+    members = _members(body, UPDATE_MEMBERS)
+    spec = current.model_dump()
     spec.update(_spec(members))
     if "FunctionName" in members:
         spec["function_name"] = function_name(members["FunctionName"], config)

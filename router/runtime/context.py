@@ -132,3 +132,15 @@ class LambdaContext:
             f"invoked_function_arn={self.invoked_function_arn},client_context={self.client_context},"
             f"identity={self.identity},tenant_id={self.tenant_id}])"
         )
+
+
+def report_line(request_id: str, *, duration_ms: float, billed_duration_ms: int, memory_size_mb: int,
+                max_memory_used_mb: int, init_duration_ms: float | None = None, error_type: str | None = None) -> str:
+    """Lambda's REPORT line, the last of every invocation in its log stream."""
+    line = (f"REPORT RequestId: {request_id}\tDuration: {duration_ms:.2f} ms\tBilled Duration: {billed_duration_ms} ms"
+            f"\tMemory Size: {memory_size_mb} MB\tMax Memory Used: {max_memory_used_mb} MB")
+    if init_duration_ms is not None:
+        line += f"\tInit Duration: {init_duration_ms:.2f} ms"
+    if error_type:
+        line += f"\tStatus: error\tError Type: {error_type}"
+    return line

@@ -41,7 +41,7 @@ import structlog
 from router.config import Config, FunctionConfig
 from router.observability.metrics import Metrics
 from router.runtime import errors, fast_json, protocol
-from router.runtime.context import FUNCTION_VERSION, new_log_stream_name
+from router.runtime.context import FUNCTION_VERSION, new_log_stream_name, report_line
 from router.runtime.environment import ExecutionEnvironment, Exited, Ready
 from router.runtime.request_ids import RequestIds
 from router.runtime.result import InvocationResult, UnknownFunction
@@ -458,6 +458,9 @@ class WorkerPool:
     async def _invoke_capturing(self, function: str, event: Any, *, request_id: str | None,
                                 invocation_type: InvocationType, client_context: Mapping[str, Any] | None,
                                 invoked_function_arn: str | None) -> InvocationResult:
+        fn = self._functions.get(function)
+        if fn is None:
+            raise UnknownFunction(function)
         request_id = request_id or self._request_ids.next()
         lines = self._captured[request_id] = []
         try:
@@ -465,15 +468,12 @@ class WorkerPool:
                                        client_context=client_context, invoked_function_arn=invoked_function_arn)
         finally:
             del self._captured[request_id]
-        fc = self._functions[function].config if function in self._functions else None
-        report = (f"REPORT RequestId: {request_id}\tDuration: {result.duration_ms:.2f} ms"
-                  f"\tBilled Duration: {result.billed_duration_ms} ms"
-                  f"\tMemory Size: {fc.memory_size if fc else 0} MB\tMax Memory Used: {result.max_memory_used_mb} MB")
-        if result.init_duration_ms is not None:
-            report += f"\tInit Duration: {result.init_duration_ms:.2f} ms"
-        text = "".join([f"START RequestId: {request_id} Version: {FUNCTION_VERSION}\n",
-                        *(f"{line}\n" for line in lines), f"END RequestId: {request_id}\n", f"{report}\t\n"])
-        result.log = text
+        report = report_line(request_id, duration_ms=result.duration_ms,
+                             billed_duration_ms=result.billed_duration_ms, memory_size_mb=fn.config.memory_size,
+                             max_memory_used_mb=result.max_memory_used_mb, init_duration_ms=result.init_duration_ms,
+                             error_type=result.error_type)
+        result.log = "".join([f"START RequestId: {request_id} Version: {FUNCTION_VERSION}\n",
+                              *(f"{line}\n" for line in lines), f"END RequestId: {request_id}\n", f"{report}\t\n"])
         return result
 
     async def _start_cold(self, fn: _Function, request: _Request) -> _Started | InvocationResult:
@@ -650,9 +650,8 @@ class WorkerPool:
         # printed output is one event per line.
         text = text.removesuffix("\n")
         messages = [text] if stream == "log" else text.split("\n")
-        captured = self._captured.get(request_id) if request_id is not None and self._captured else None
-        if captured is not None:
-            captured.extend(messages)
+        if self._captured and request_id in self._captured:
+            self._captured[request_id].extend(messages)
         for message in messages:
             fn.log.info("function.log", request_id=request_id, stream=stream, message=message)
 

@@ -211,3 +211,10 @@ def test_lambda_api_section_is_refused_until_it_is_served() -> None:
     assert "lambda_api.credentials: required when http.listen is not a loopback address " \
            "(the API changes what runs)" in err.value.problems
     assert "lambda_api.registry: a kafka:// registry needs a kafka section" in err.value.problems
+
+
+def test_app_event_mapping_bounds_are_worded_as_a_range() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config_data({"functions": {"f": {"handler": "a.b"}}, "mqtt": {},
+                          "event_source_mappings": {"m": {"function_name": "f", "mqtt_topic": "a/#", "batch_size": 0}}})
+    assert err.value.problems == ["event_source_mappings.m.batch_size: must be between 1 and 10000"]

@@ -56,7 +56,7 @@ def test_defaults_are_lambdas_and_unset_destination_reads_as_empty_on_failure() 
     ({"TumblingWindowInSeconds": 60}, "TumblingWindowInSeconds: cannot be combined with ParallelizationFactor > 1"),
     ({"DestinationConfig": {"OnSuccess": {"Destination": "arn:aws:s3:::x"}}},
      "DestinationConfig.OnSuccess: not supported"),
-    ({"FilterCriteria": {"Filters": [{"Pattern": "{bad"}]}}, "FilterCriteria.Filters.0.Pattern"),
+    ({"FilterCriteria": {"Filters": [{"Pattern": "{bad"}]}}, "FilterCriteria.Filters[0].Pattern: not valid JSON"),
     ({"Topics": ["t"]}, "Topics: not supported"),
     ({"ShardBufferRecords": 5}, "ShardBufferRecords: not supported"),
 ])
@@ -64,7 +64,7 @@ def test_update_is_validated_by_the_model_with_lambdas_field_names(change: dict[
     current = create_mapping(CREATE, CONFIG, "u")
     err = error(lambda: update_mapping(change, current, CONFIG, "u"))
     assert err.code == "InvalidParameterValueException"
-    assert message.replace(".0.", "[0].") in err.message or message in err.message
+    assert err.message.startswith(message)
 
 
 def test_update_clears_filters_and_destination_and_disables() -> None:

@@ -247,7 +247,7 @@ async def test_captured_log_is_the_invocations_own_lambda_log_stream(make_pool: 
     assert lines.count("hello from stdout") == 1 and "two" in lines and "lines" in lines
     failed = await h.pool.invoke("boom", {"n": 1}, request_id="req-boom-tail", capture_log=True)
     assert failed.log is not None and "[ERROR] ValueError: boom 1" in failed.log
-    assert failed.log.splitlines()[-1].endswith("\tStatus: error\tError Type: ValueError\t")  # ends with a tab, as Lambda
+    assert failed.log.splitlines()[-1].endswith("\tStatus: error\tError Type: ValueError\t")  # a tab: as Lambda
     plain = await h.pool.invoke("chatty", {})
     assert plain.log is None
 

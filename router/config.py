@@ -62,7 +62,9 @@ _HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
 
 
 class FunctionConfig(_Model):
-    """A Lambda function: Handler, Timeout, MemorySize, ReservedConcurrentExecutions, Environment."""
+    """A Lambda function: Handler, Timeout, MemorySize, ReservedConcurrentExecutions, Environment,
+    and its event invoke config (how `Invoke` with InvocationType `Event` retries and where its
+    results go, Lambda's `PutFunctionEventInvokeConfig`)."""
 
     handler: str
     code_path: Path | None = None
@@ -71,6 +73,7 @@ class FunctionConfig(_Model):
     reserved_concurrent_executions: Annotated[int, Field(ge=0, le=1000)] = 1
     environment: Environment = Field(default_factory=Environment)
     description: str = ""
+    event_invoke_config: AsyncInvokeSettings | None = None
 
     @field_validator("handler")
     @classmethod

@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from router.config import AppEventMapping, BucketMapping, Config, StreamMapping
+from router.config import AppEventMapping, AsyncInvokeSettings, BucketMapping, Config, StreamMapping
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.destinations import DestinationFactory
 from router.observability.metrics import Metrics
@@ -44,6 +44,12 @@ from router.sources.app_events import AppEventRouter
 from router.sources.bucket_notifications import NotificationRouter
 from router.sources.mqtt import MqttNotificationSource
 from router.sources.stream_mapping import StreamMappingRunner
+
+# The async-invoker lane of a function's Event invocations: `invoke:<function>`.
+INVOKE_LANE_PREFIX = "invoke:"
+# Lambda's defaults for an Event invoke without an event invoke config: two retries, six hours.
+# Every Invoke is its own event, so nothing is deduplicated.
+EVENT_INVOKE_DEFAULTS = AsyncInvokeSettings(deduplication_window_seconds=0)
 
 
 @dataclass
@@ -91,13 +97,14 @@ class MappingSupervisor:
         self._streams: dict[str, StreamMappingRunner] = {}
         self._buckets: dict[str, BucketMapping | AppEventMapping] = {}  # push mappings: one lane each
         self._stream_specs: dict[str, StreamMapping] = {}
+        self._invoke_lanes: dict[str, tuple[str, AsyncInvokeSettings]] = {}
         self._lock = asyncio.Lock()
 
     # -- applying a desired set ------------------------------------------------------------------
 
-    async def start(self) -> Changes:
-        """Start every mapping of the config the supervisor was made with."""
-        return await self._apply(self.config, initial=True)
+    async def start(self, config: Config | None = None) -> Changes:
+        """Start every mapping of `config` (by default the one the supervisor was made with)."""
+        return await self._apply(config or self.config, initial=True)
 
     async def apply(self, config: Config) -> Changes:
         """Make what runs match `config` (already validated as a whole)."""
@@ -123,6 +130,7 @@ class MappingSupervisor:
             if self._routes is not None:
                 self._routes.set_routes(config.http_routes)
             await self._apply_push(config.bucket_mappings(), config.app_event_mappings())
+            self._apply_invoke_lanes(config)
             await self._apply_streams(config, config.stream_mappings())
             self._log_changes(changes, old, new, initial=initial)
             return changes
@@ -139,6 +147,18 @@ class MappingSupervisor:
             self._invoker.retire_lane(name)
         self._buckets = wanted
         await self._apply_mqtt()
+
+    def _apply_invoke_lanes(self, config: Config) -> None:
+        """With the Lambda API on, every function has a lane for `Invoke` with InvocationType
+        Event, run with the function's event invoke config."""
+        wanted = ({f"{INVOKE_LANE_PREFIX}{name}": (name, fn.event_invoke_config or EVENT_INVOKE_DEFAULTS)
+                   for name, fn in config.functions.items()} if config.lambda_api is not None else {})
+        for lane, (function, settings) in wanted.items():
+            if self._invoke_lanes.get(lane) != (function, settings):
+                self._invoker.set_lane(lane, function, settings)
+        for lane in set(self._invoke_lanes) - set(wanted):
+            self._invoker.retire_lane(lane)
+        self._invoke_lanes = wanted
 
     async def _apply_mqtt(self) -> None:
         topics = sorted({*self._notifications.matcher("mqtt").topics(),
@@ -237,10 +257,23 @@ class MappingSupervisor:
                 "last_error": queue.pop("last_error", None),
             }
         for name, lane in lanes.items():
+            if name.startswith(INVOKE_LANE_PREFIX):
+                continue  # not a mapping: Invoke's Event queue (see invoke_status)
             if name not in mappings:  # deleted, draining or holding queued events
                 mappings[name] = {"kind": "bucket", "queue": lane, "state": lane.get("state", "Deleted"),
                                   "function": lane.get("function")}
         return mappings
+
+    def invoke_status(self) -> dict[str, Any]:
+        """The queues of `Invoke` with InvocationType Event, by function."""
+        lanes = self._invoker.status().get("mappings", {})
+        return {name.removeprefix(INVOKE_LANE_PREFIX): lane for name, lane in sorted(lanes.items())
+                if name.startswith(INVOKE_LANE_PREFIX)}
+
+    def stream_status(self, name: str) -> dict[str, Any] | None:
+        """One stream mapping's runner status (None while it does not run)."""
+        runner = self._streams.get(name)
+        return runner.status() if runner is not None else None
 
     def mapping_names(self) -> list[str]:
         return sorted(self.config.event_source_mappings)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -38,6 +39,9 @@ from router.delivery.async_queue import AsyncQueue
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.destinations import DestinationFactory
 from router.delivery.event_batcher import EventBatcher
+from router.lambda_api.api import LambdaApi
+from router.lambda_api.reconciler import Reconciler
+from router.lambda_api.registry import FileRegistry, KafkaRegistry, Registry
 from router.observability.http import AdminEndpoints, start_http
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
@@ -95,6 +99,9 @@ class Router:
     supervisor: MappingSupervisor
     webhooks: WebhookReceiver
     routes: HttpRoutes
+    reconciler: Reconciler
+    registry: Registry | None = None
+    lambda_api: LambdaApi | None = None
     mqtt: MqttNotificationSource | None = None
     http_runner: web.AppRunner | None = None
     started: bool = False
@@ -106,6 +113,7 @@ class Router:
         return {
             "mappings": self.supervisor.status(),
             "http_routes": self.routes.status(),
+            "event_invokes": self.supervisor.invoke_status(),
             "brokers": brokers,
             "functions": self.pool.status(),
             "problems": self.board.problems(),
@@ -153,11 +161,27 @@ async def build(config: Config) -> Router:
         config, pool=pool, destinations=destinations, invoker=invoker, notifications=notifications, mqtt=mqtt,
         routes=routes, app_events=app_events, metrics=metrics, board=board,
     )
+    registry = build_registry(config, state_dir)
+    reconciler = Reconciler(supervisor, config, registry)
+    api = (LambdaApi(config, pool=pool, queue=queue, invoker=invoker, supervisor=supervisor, reconciler=reconciler,
+                     registry=registry)
+           if registry is not None else None)
     return Router(
         config=config, metrics=metrics, board=board, pool=pool, destinations=destinations, queue=queue,
         invoker=invoker, batcher=batcher, notifications=notifications, supervisor=supervisor,
         webhooks=WebhookReceiver(config, notifications, metrics=metrics), routes=routes, mqtt=mqtt,
+        reconciler=reconciler, registry=registry, lambda_api=api,
     )
+
+
+def build_registry(config: Config, state_dir: Path) -> Registry | None:
+    """Where the Lambda API keeps the mappings it creates (None: the API is off)."""
+    api = config.lambda_api
+    if api is None:
+        return None
+    if api.registry is not None and config.kafka is not None:
+        return KafkaRegistry(config.kafka, urlsplit(api.registry).netloc)
+    return FileRegistry(state_dir)
 
 
 async def start(app: Router) -> None:
@@ -169,6 +193,8 @@ async def start(app: Router) -> None:
         admin_token=config.http.admin_token, require_token=not config.http.is_loopback,
     ).register(http_app)
     app.webhooks.register(http_app)
+    if app.lambda_api is not None:
+        app.lambda_api.register(http_app)
     app.routes.register(http_app)  # the catch-all: last, so router's own paths win
     started: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
     try:
@@ -190,7 +216,13 @@ async def start(app: Router) -> None:
         started.append(("async-invoker", lambda: app.invoker.stop(0)))
         await app.batcher.start()
         started.append(("event-batcher", app.batcher.stop))
-        await app.supervisor.start()
+        if app.registry is not None:
+            try:
+                await app.registry.open()
+            except Exception as exc:
+                raise StartupError(f"lambda_api.registry: cannot read the mapping registry ({exc})") from None
+            started.append(("registry", app.registry.close))
+        await app.reconciler.start()
     except BaseException:
         for name, undo in reversed(started):
             await _quietly(name, undo())
@@ -221,6 +253,7 @@ def tune_garbage_collector() -> None:
 async def stop(app: Router) -> None:
     """Drain: stop taking new work, let in-flight work finish (bounded), checkpoint, stop workers."""
     timeout = app.config.shutdown_timeout_seconds
+    await _quietly("reconciler", app.reconciler.stop())
     await _quietly("mqtt", app.supervisor.stop_intake())
     if app.http_runner is not None:
         await _quietly("http", app.http_runner.cleanup())
@@ -229,6 +262,8 @@ async def stop(app: Router) -> None:
     await _quietly("async-invoker", app.invoker.stop(timeout))
     await _quietly("async-queue", app.queue.close())
     await _quietly("pool", app.pool.close())
+    if app.registry is not None:
+        await _quietly("registry", app.registry.close())
     await _quietly("destinations", app.destinations.close())
     app.started = False
     log.info("router.stopped")
@@ -257,8 +292,10 @@ async def reload(app: Router, load: ConfigLoader) -> bool:
         for problem in problems:
             log.warning("reload.mapping_held_back", mapping=name, problem=problem,
                         detail="needs a section the running daemon does not have; restart to apply")
-    changes = await app.supervisor.apply(plan.config)
+    changes = await app.reconciler.apply(plan.config)
     app.config = plan.config
+    if app.lambda_api is not None:
+        app.lambda_api.set_config(plan.config)
     app.board.stall_timeout = plan.config.stall_timeout_seconds
     log.info("reload.applied", created=changes.created, updated=changes.updated, deleted=changes.deleted,
              functions=changes.functions, needs_restart=plan.needs_restart, held_back=sorted(plan.held_back))

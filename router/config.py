@@ -578,9 +578,6 @@ def cross_checks(config: Config) -> list[str]:
         problems.append("http.admin_token: required when http.listen is not a loopback address")
     api = config.lambda_api
     if api is not None:
-        # Validated in full, but its routes are not served yet: refusing the section is better
-        # than a config that says an API is there when nothing answers.
-        problems.append("lambda_api: the Lambda API is not served by this version yet")
         if not api.credentials and not config.http.is_loopback:
             problems.append("lambda_api.credentials: required when http.listen is not a loopback address "
                             "(the API changes what runs)")

@@ -164,13 +164,17 @@ class KafkaRegistry(Registry):
         self._follower: asyncio.Task[None] | None = None
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self._position = 0  # the next offset to read
+        self._write_lock = asyncio.Lock()
 
     async def open(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
         await self._create_topic()
         options = client_options(self._kafka)
-        self._producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True)
+        # No idempotent producer (Tansu has no InitProducerId, and it is not needed): every value
+        # is a whole entry, so a retried duplicate is the same entry again, and writes are sent
+        # one at a time under a lock, so a retry cannot reorder them.
+        self._producer = AIOKafkaProducer(**options, acks="all")
         self._consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False,
                                           auto_offset_reset="earliest")
         try:
@@ -193,8 +197,10 @@ class KafkaRegistry(Registry):
         admin = AIOKafkaAdminClient(**client_options(self._kafka))
         await admin.start()
         try:
+            # As many copies as the cluster allows, up to 3 (Kafka's usual production factor).
+            brokers = len((await admin.describe_cluster()).get("brokers", [])) or 1
             response = await admin.create_topics([NewTopic(
-                name=self.topic, num_partitions=1, replication_factor=-1,
+                name=self.topic, num_partitions=1, replication_factor=min(3, brokers),
                 topic_configs={"cleanup.policy": "compact"},
             )])
             for entry in response.topic_errors:
@@ -263,7 +269,8 @@ class KafkaRegistry(Registry):
         """Produce, then wait until the follower has read the record back."""
         if self._producer is None:
             raise RuntimeError("the registry is not open")
-        metadata = await (await self._producer.send(self.topic, value, key=key.encode(), partition=0))
+        async with self._write_lock:
+            metadata = await (await self._producer.send(self.topic, value, key=key.encode(), partition=0))
         offset: int = metadata.offset
         if self._position <= offset:
             waiter = self._waiters.setdefault(offset, asyncio.get_running_loop().create_future())

@@ -202,10 +202,8 @@ def test_http_routes_are_validated() -> None:
     assert any(p.startswith("http_routes: ") for p in problems), problems
 
 
-def test_lambda_api_section_is_refused_until_it_is_served() -> None:
-    with pytest.raises(ConfigError) as err:
-        load_config_data({"lambda_api": {}})
-    assert "lambda_api: the Lambda API is not served by this version yet" in err.value.problems
+def test_lambda_api_section_rules() -> None:
+    assert load_config_data({"lambda_api": {}}).lambda_api is not None  # loopback: no credentials needed
     with pytest.raises(ConfigError) as err:
         load_config_data({"http": {"listen": "0.0.0.0:9000", "admin_token": "t"}, "lambda_api": {"registry": "kafka://r"}})
     assert "lambda_api.credentials: required when http.listen is not a loopback address " \

@@ -258,6 +258,17 @@ def _raw_keys(record: Mapping[str, Any], key: str) -> bool:
     return source in ("minio:s3", "rustfs:s3") and any(c in key for c in "/ ")
 
 
+def _filled_in(value: Any) -> bool:
+    """Whether an extra block (`glacierEventData`, ...) says something: a non-empty object whose
+    every leaf has a value. S3 sends these blocks only on the events they describe (a restore, a
+    replication); RustFS and versitygw send `glacierEventData` with empty strings on every PUT, which
+    S3 never does and which powertools' `S3Model` rejects (an empty `lifecycleRestorationExpiryTime`
+    is not a datetime). Such a block is dropped rather than passed on zero-valued."""
+    if not isinstance(value, dict) or not value:
+        return False
+    return all(_filled_in(v) if isinstance(v, dict) else v not in (None, "") for v in value.values())
+
+
 def _source_ip(record: Mapping[str, Any]) -> str:
     params = record.get("requestParameters")
     if not isinstance(params, dict):
@@ -319,7 +330,7 @@ def _parse_record(record: Mapping[str, Any], where: str, raw_key: str | None) ->
         etag=_optional_text(obj.get("eTag")),
         version_id=_optional_text(obj.get("versionId")),
         sequencer=_optional_text(obj.get("sequencer")),
-        extras={k: record[k] for k in _AWS_EXTRAS if isinstance(record.get(k), dict)},
+        extras={k: record[k] for k in _AWS_EXTRAS if _filled_in(record.get(k))},
         original=record,
     )
 

@@ -342,3 +342,106 @@ def test_two_replicas_share_a_kafka_registry(tmp_path: Path, kafka: Tansu, topic
     send(kafka, stream, ["after-delete"])
     time.sleep(3)
     assert len(calls(tmp_path)) == before and "after-delete" not in data_seen(tmp_path)
+
+
+# -- auth, limits and reloads ---------------------------------------------------------------------
+
+
+def _raw(port: int, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, dict(answer.headers), json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+
+async def test_signed_api_on_a_non_loopback_listener(tmp_path: Path) -> None:
+    import asyncio
+
+    from test_push_support import make_config, running
+
+    from router.devstack import free_port
+
+    port = free_port()
+    config = make_config({
+        "region": REGION, "account_id": ACCOUNT, "state_dir": str(tmp_path / "state"),
+        "http": {"listen": f"0.0.0.0:{port}", "admin_token": "admin-token"},
+        "lambda_api": {"credentials": [{"access_key_id": KEY, "secret_access_key": SECRET}]},
+        "functions": {"echo": {"handler": "basic.echo", "code_path": str(TESTS / "handlers")},
+                      "off": {"handler": "basic.echo", "code_path": str(TESTS / "handlers"),
+                              "reserved_concurrent_executions": 0}},
+    })
+
+    class Port:
+        def __init__(self, port: int) -> None:
+            self.port = port
+
+    async with running(config):
+        lam = client(Port(port))  # type: ignore[arg-type]
+        answer = await asyncio.to_thread(lam.invoke, FunctionName="echo", Payload=b'{"signed": true}')
+        assert json.loads(answer["Payload"].read())["event"] == {"signed": True}
+        status, headers, _ = await asyncio.to_thread(_raw, port, "POST", "/2015-03-31/functions/echo/invocations",
+                                                        b"{}")
+        assert (status, headers["x-amzn-ErrorType"]) == (403, "MissingAuthenticationTokenException")
+        status, headers, _ = await asyncio.to_thread(
+            _raw, port, "GET", "/2015-03-31/functions", None,
+            {"Authorization": f"AWS4-HMAC-SHA256 Credential={KEY}/20260101/{REGION}/lambda/aws4_request, "
+                              f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}",
+             "X-Amz-Date": "20260101T000000Z"})
+        assert (status, headers["x-amzn-ErrorType"]) == (403, "InvalidSignatureException")
+        with pytest.raises(lam.exceptions.TooManyRequestsException) as throttled:
+            await asyncio.to_thread(lam.invoke, FunctionName="off")
+        assert throttled.value.response["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded"
+        with pytest.raises(ClientError) as unknown:
+            await asyncio.to_thread(lam.list_aliases, FunctionName="echo")
+        assert unknown.value.response["Error"]["Code"] == "UnknownOperationException"
+
+
+def test_unsigned_requests_on_loopback_without_credentials_and_reloads_keep_api_mappings(
+        tmp_path: Path, kafka: Tansu, topic: Callable[..., str], router_daemon: Callable[..., Daemon]) -> None:
+    import yaml
+
+    stream = topic(1)
+    config = api_config(tmp_path, kafka)
+    config["lambda_api"] = {}
+    daemon = router_daemon(config)
+    status, _, body = _raw(daemon.port, "POST", "/2015-03-31/event-source-mappings", json.dumps({
+        "FunctionName": "recorder", "EventSourceArn": stream_arn(stream), "StartingPosition": "TRIM_HORIZON",
+    }).encode(), {"Content-Type": "application/json"})
+    assert status == 202, body
+    uuid = body["UUID"]
+    lam = client(daemon)  # signed requests are accepted too: nothing checks them without credentials
+    wait_state(lam, uuid, "Enabled")
+    send(kafka, stream, ["one"])
+    wait_for(lambda: data_seen(tmp_path) == ["one"], timeout=30, what="API mapping runs")
+
+    # A reload of the file (a new function) leaves the API's mapping running.
+    edited = yaml.safe_load(daemon.config_path.read_text())
+    edited["functions"]["extra"] = {"handler": "basic.echo", "code_path": str(TESTS / "handlers")}
+    daemon.config_path.write_text(yaml.safe_dump(edited))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(line.get("event") == "reload.applied" for line in daemon.log_lines()), timeout=20,
+             what="reload applied")
+    assert lam.get_function(FunctionName="extra")["Configuration"]["Handler"] == "basic.echo"
+    send(kafka, stream, ["two"])
+    wait_for(lambda: data_seen(tmp_path) == ["one", "two"], timeout=30, what="API mapping survives the reload")
+
+    # Its function removed from the file: held back (and said so), back when the function returns.
+    del edited["functions"]["recorder"]
+    daemon.config_path.write_text(yaml.safe_dump(edited))
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: lam.get_event_source_mapping(UUID=uuid)["StateTransitionReason"].startswith("Held back"),
+             timeout=20, what="mapping held back")
+    send(kafka, stream, ["three"])
+    time.sleep(3)
+    assert data_seen(tmp_path) == ["one", "two"]
+    daemon.config_path.write_text(yaml.safe_dump(config | {"state_dir": edited["state_dir"],
+                                                           "http": edited["http"]}))
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: data_seen(tmp_path) == ["one", "two", "three"], timeout=30, what="mapping back")

@@ -36,6 +36,7 @@ The `/status` document (built by the composition root from each part's `status()
           "last_error": "ValueError: bad record" | null
         }
       },
+      "event_invokes": {"<function>": {"depth": 0, ...}},         # lambda_api: Invoke Event queues
       "brokers": {"kafka": {"up": true, "detail": ""}},
       "functions": {"<function name>": {...}},                     # the worker pool's view
       "problems": ["kafka: down: connection refused"]              # board.problems()

@@ -89,10 +89,16 @@ class QueueClosed(RuntimeError):
 class QueuedEvent:
     mapping: str
     function: str
-    event: dict[str, Any]  # the invocation payload, e.g. {"Records": [s3 record]}
+    # The invocation payload, e.g. {"Records": [s3 record]}, or its JSON text already encoded (so
+    # that a value which cannot be serialised fails with the payload that brought it, not the queue).
+    event: dict[str, Any] | str
     dedup_key: str | None = None  # bucket, key, version/eTag, sequencer, event name → str
     stage: Stage = "invoke"  # "collect": a record to be batched before it is invoked
     dedup_window: float | None = None  # this event's own window, instead of the enqueue call's
+
+
+def _encoded(event: dict[str, Any] | str) -> str:
+    return event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -508,7 +514,7 @@ class AsyncQueue:
             return EnqueueResult(0, 0)
         now = self._clock()
         rows = [
-            (e.mapping, e.function, json.dumps(e.event, separators=(",", ":")), request_id, e.dedup_key, e.stage,
+            (e.mapping, e.function, _encoded(e.event), request_id, e.dedup_key, e.stage,
              dedup_window if e.dedup_window is None else e.dedup_window)
             for e, request_id in zip(events, request_ids(len(events)), strict=True)
         ]

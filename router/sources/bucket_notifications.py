@@ -13,8 +13,9 @@ functions. Records matching no mapping are counted and dropped, as S3 drops even
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +43,16 @@ class AcceptResult:
     unmatched: int = 0  # records no mapping wanted
     reason: str | None = None  # why a payload was malformed, or why it held no object event
     dead_letter: Path | None = None
+
+
+@dataclass
+class _Routed:
+    outcome: Outcome
+    shape: str = ""
+    note: str | None = None
+    events: list[tuple[int, QueuedEvent]] = field(default_factory=list)  # (dedup window, event)
+    records: int = 0
+    unmatched: int = 0
 
 
 class NotificationRouter:
@@ -107,58 +118,30 @@ class NotificationRouter:
         dead_letter: Path | None = None
         for payload, topic in items:
             try:
-                parsed = parse_notification(payload, store=store)
-            except (MalformedNotification, RecursionError, ValueError, TypeError, AttributeError) as exc:
-                # Anything the parser trips over is the payload's problem (e.g. JSON nested too
-                # deeply): dead-lettered, never retried forever at the head of the sender's queue.
+                routed = self._route(payload, topic, matcher, store)
+            except Exception as exc:
+                # Anything that trips over one payload (the parser, a key that cannot be encoded, a
+                # number too large for a date) is that payload's problem: it is dead-lettered and
+                # intake goes on. Were it raised, MQTT would withhold its PUBACK and, since
+                # acknowledgements go in order, everything behind it, for good; the webhook would
+                # answer 503 to every retry. Only the queue's own errors (below) are retried.
                 reason = str(exc) if isinstance(exc, MalformedNotification) else (
                     f"unreadable notification ({type(exc).__name__})")
                 dead_letter = await self._dead_letter.write(payload, reason=reason, source=source, topic=topic)
                 self._count(source, "malformed")
                 outcomes.append("malformed")
                 continue
-            if not parsed.events:
-                self._count(source, "ignored")
-                self._log.debug("notification.ignored", source=source, shape=parsed.shape, reason=parsed.note)
-                reason = parsed.note or None
-                outcomes.append("ignored")
-                continue
-            records += len(parsed.events)
-            matched_any = False
-            for event in parsed.events:
-                candidates = matcher.candidates(event.bucket, topic)
-                matched = [(n, m) for n, m in candidates
-                           if rule_matches(m.bucket_notifications, bucket=event.bucket,
-                                           event_name=event.event_name, key=event.key)]
-                if len(matched) != len(candidates) or not candidates:
-                    # Each mapping of this bucket whose rule said no has filtered the record out.
-                    wanted = {name for name, _ in matched}
-                    for name in [n for n, _ in candidates if n not in wanted] or ([] if matched else [NO_MAPPING]):
-                        self._metrics.filtered_out_records.labels(mapping=name).inc()
-                if not matched:
-                    unmatched += 1
-                    continue
-                matched_any = True
-                key = dedup_key(event)
-                for name, mapping in matched:
-                    rule = mapping.bucket_notifications
-                    record = event_record(
-                        event, event_format=rule.event_format, region=self._config.region, configuration_id=name
-                    )
-                    if mapping.filter_criteria is not None and not mapping.filter_criteria.compiled.matches(record):
-                        # Lambda's filter criteria, on the record as the function would receive it.
-                        self._metrics.filtered_out_records.labels(mapping=name).inc()
-                        continue
-                    by_window.setdefault(mapping.deduplication_window_seconds, []).append(
-                        QueuedEvent(name, mapping.function_name, {"Records": [record]}, key)
-                    )
-            if matched_any:
-                outcomes.append("accepted")
-            else:
-                self._count(source, "unmatched")
-                self._log.debug("notification.unmatched", source=source, shape=parsed.shape,
-                                records=len(parsed.events))
-                outcomes.append("unmatched")
+            if routed.outcome == "ignored":
+                reason = routed.note or None
+            records += routed.records
+            unmatched += routed.unmatched
+            for window, event in routed.events:
+                by_window.setdefault(window, []).append(event)
+            outcomes.append(routed.outcome)
+            if routed.outcome != "accepted":
+                self._count(source, routed.outcome)
+                self._log.debug(f"notification.{routed.outcome}", source=source, shape=routed.shape,
+                                records=routed.records, reason=routed.note)
 
         queued = duplicates = 0
         if by_window:
@@ -172,6 +155,45 @@ class NotificationRouter:
             _summary(outcomes), records=records, queued=queued, duplicates=duplicates, unmatched=unmatched,
             reason=reason, dead_letter=dead_letter,
         )
+
+    def _route(self, payload: bytes, topic: str | None, matcher: MappingMatcher, store: Store) -> _Routed:
+        """What one payload becomes: the events to queue (their JSON already encoded, so a value that
+        cannot be serialised fails here, as this payload's problem) and its outcome."""
+        parsed = parse_notification(payload, store=store)
+        if not parsed.events:
+            return _Routed("ignored", shape=parsed.shape, note=parsed.note or "")
+        events: list[tuple[int, QueuedEvent]] = []
+        unmatched = 0
+        for event in parsed.events:
+            candidates = matcher.candidates(event.bucket, topic)
+            matched = [(n, m) for n, m in candidates
+                       if rule_matches(m.bucket_notifications, bucket=event.bucket,
+                                       event_name=event.event_name, key=event.key)]
+            if len(matched) != len(candidates) or not candidates:
+                # Each mapping of this bucket whose rule said no has filtered the record out.
+                wanted = {name for name, _ in matched}
+                for name in [n for n, _ in candidates if n not in wanted] or ([] if matched else [NO_MAPPING]):
+                    self._metrics.filtered_out_records.labels(mapping=name).inc()
+            if not matched:
+                unmatched += 1
+                continue
+            key = dedup_key(event)
+            for name, mapping in matched:
+                rule = mapping.bucket_notifications
+                record = event_record(
+                    event, event_format=rule.event_format, region=self._config.region, configuration_id=name
+                )
+                if mapping.filter_criteria is not None and not mapping.filter_criteria.compiled.matches(record):
+                    # Lambda's filter criteria, on the record as the function would receive it.
+                    self._metrics.filtered_out_records.labels(mapping=name).inc()
+                    continue
+                body = json.dumps({"Records": [record]}, separators=(",", ":"))
+                body.encode()  # a lone surrogate fails here, not in the queue's write
+                events.append((mapping.deduplication_window_seconds,
+                               QueuedEvent(name, mapping.function_name, body, key)))
+        matched_any = unmatched < len(parsed.events)
+        return _Routed("accepted" if matched_any else "unmatched", shape=parsed.shape, events=events,
+                       records=len(parsed.events), unmatched=unmatched)
 
     async def _enqueue(self, by_window: dict[int, list[QueuedEvent]]) -> tuple[int, int]:
         if len(by_window) == 1:

@@ -1,0 +1,106 @@
+"""One bad notification must never stall intake: whatever a payload does to the parser, the key
+encoder or the event builder, it is dead-lettered (or ignored) and the payloads behind it go on.
+
+10,000 generated hostile payloads (random bytes, deep nesting, huge numbers, lone surrogates,
+oversize fields, and every MinIO and SeaweedFS fixture with its leaves mutated) go through the
+router both push transports share, in MQTT-sized batches; none may raise (a raise means a withheld
+PUBACK on MQTT, a 503 on the webhook, retried forever), and a valid notification after them is queued.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_s3_routing import FIXTURES, Harness, fixture
+
+from router.sources.bucket_notifications import NotificationRouter
+
+COUNT = 10_000
+HOSTILE: list[Any] = [
+    10**400, -(10**30), 1e308, float("inf"), "", "\ud800", "a\udfffb", "x" * 70_000, None, True, [], {},
+    [[[[[]]]]], "../../etc/passwd", "%ZZ%", "\x00", 2**63, -1, "9" * 5000,
+]
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    h = Harness(tmp_path)
+    await h.queue.open()
+    yield h
+    await h.queue.close()
+
+
+def _lone_surrogate_key() -> bytes:
+    record = json.loads(fixture("mqtt_put_encoded_key.json"))
+    record["Records"][0]["s3"]["object"]["key"] = "photos/a\ud800.jpg"
+    record["Key"] = "photos/a\ud800.jpg"
+    return json.dumps(record).encode()  # json.dumps escapes it as \\ud800, which json.loads brings back
+
+
+def _mutate(value: Any, rng: random.Random) -> Any:
+    if isinstance(value, dict):
+        return {k: (rng.choice(HOSTILE) if rng.random() < 0.15 else _mutate(v, rng)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mutate(v, rng) for v in value]
+    return rng.choice(HOSTILE) if rng.random() < 0.3 else value
+
+
+def _encode(document: Any) -> bytes:
+    try:
+        return json.dumps(document, allow_nan=True).encode()
+    except (ValueError, RecursionError):
+        return b"{"
+
+
+def hostile_payloads(seed: int = 2026) -> list[bytes]:
+    rng = random.Random(seed)
+    shapes = [json.loads(p.read_bytes()) for p in sorted(FIXTURES.glob("*/*.json"))]
+    payloads: list[bytes] = [_lone_surrogate_key()]
+    while len(payloads) < COUNT:
+        kind = rng.randrange(6)
+        if kind == 0:
+            payloads.append(rng.randbytes(rng.randrange(0, 300)))
+        elif kind == 1:
+            depth = rng.choice([50, 500, 5000, 100_000])
+            payloads.append(b'{"Records":' + b"[" * depth + b"]" * depth + b"}")
+        elif kind == 2:
+            payloads.append(_encode({"Records": [rng.choice(HOSTILE)] * rng.randrange(1, 4)}))
+        else:
+            payloads.append(_encode(_mutate(rng.choice(shapes), rng)))
+    return payloads
+
+
+async def _accept_all(router: NotificationRouter, payloads: list[bytes], *, store: str = "auto") -> None:
+    for start in range(0, len(payloads), 20):
+        await router.accept_batch([(p, "minio/events") for p in payloads[start:start + 20]], transport="mqtt",
+                                  store=store)  # type: ignore[arg-type]
+
+
+async def test_a_lone_surrogate_in_a_key_is_dead_lettered_and_the_batch_goes_on(harness: Harness) -> None:
+    good = fixture("mqtt_put_encoded_key.json")
+    result = await harness.router.accept_batch([(_lone_surrogate_key(), "minio/events"), (good, "minio/events")],
+                                               transport="mqtt")
+    assert result.outcome == "accepted" and result.queued >= 1
+    assert harness.dead_letter.count() == 1
+    assert harness.metric("router_notifications_total", source="mqtt", outcome="malformed") == 1
+
+
+async def test_ten_thousand_hostile_payloads_never_stall_intake(harness: Harness, tmp_path: Path) -> None:
+    payloads = hostile_payloads()
+    assert len(payloads) == COUNT
+    await _accept_all(harness.router, payloads)
+    await _accept_all(harness.router, payloads[:2000], store="seaweedfs")
+    outcomes = {o: harness.metric("router_notifications_total", source=s, outcome=o)
+                for s in ("mqtt", "seaweedfs") for o in ("malformed", "ignored", "unmatched", "accepted")}
+    assert sum(outcomes.values()) > 0
+    assert harness.metric("router_notifications_total", source="mqtt", outcome="malformed") > COUNT / 3
+    before = len(await harness.queued("photos-audit"))
+    result = await harness.router.accept(fixture("mqtt_put_encoded_key.json"), transport="mqtt",
+                                         topic="minio/events")
+    assert result.outcome == "accepted"
+    assert len(await harness.queued("photos-audit")) > before or result.duplicates

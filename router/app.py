@@ -147,12 +147,10 @@ async def build(config: Config) -> Router:
     destinations = DestinationFactory(config, metrics=metrics)
     queue = AsyncQueue(state_dir / "async-queue.sqlite3", metrics=metrics)
     invoker = build_async_invoker(config, queue, pool, destinations, metrics=metrics, board=board)
-    notifications = NotificationRouter(
-        config, queue, DeadLetter(state_dir / "dead-letter", metrics=metrics), metrics=metrics,
-        on_enqueued=invoker.wake,
-    )
+    dead_letter = DeadLetter(state_dir / "dead-letter", metrics=metrics)
+    notifications = NotificationRouter(config, queue, dead_letter, metrics=metrics, on_enqueued=invoker.wake)
     batcher = EventBatcher(queue, on_batched=invoker.wake)
-    app_events = AppEventRouter(queue, metrics=metrics, on_enqueued=invoker.wake, batcher=batcher)
+    app_events = AppEventRouter(queue, dead_letter, metrics=metrics, on_enqueued=invoker.wake, batcher=batcher)
     mqtt = (MqttNotificationSource(config, notifications, metrics=metrics, board=board, topics=[],
                                    app_events=app_events)
             if config.mqtt is not None else None)

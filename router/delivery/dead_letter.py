@@ -76,7 +76,7 @@ class DeadLetter:
         if meta_path.exists():
             return meta_path  # the same bytes were kept before; the first receipt stands
         _durable_write(folder / f"{digest}.payload", payload)
-        _durable_write(meta_path, json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
+        _durable_write(meta_path, json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8", "backslashreplace"))
         _fsync_dir(folder)
         return meta_path
 

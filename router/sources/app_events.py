@@ -7,8 +7,12 @@ do) gets one queued event per message, after its filter criteria (applied to the
 function would receive). `accept_batch` returns once everything is durably queued, and only then
 does the source acknowledge the messages (PUBACK, in arrival order): a message is never lost
 between the broker and the queue, and a redelivery after a crash is queued again (at least once).
-Duplicates are suppressed only where a mapping names the message's id (`deduplication_id`: an MQTT
-v5 user property or a JSON field), never by payload, so two identical clicks stay two clicks.
+A message that trips anything on its way into the queue (a dedup id or topic that cannot be
+encoded, say) is dead-lettered on its own and the rest go on: raised, it would withhold its PUBACK
+and, since acknowledgements go in order, every one behind it. Duplicates are suppressed only where
+a mapping names the message's id
+(`deduplication_id`: an MQTT v5 user property or a JSON field), never by payload, so two
+identical clicks stay two clicks.
 
 With `batch_size` > 1 each message is queued as a record to collect, and the event batcher
 (`router.delivery.event_batcher`) turns runs of them into `{"Records": [...]}` invocations.
@@ -16,6 +20,7 @@ With `batch_size` > 1 each message is queued as a record to collect, and the eve
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +30,7 @@ import structlog
 
 from router.config import AppEventMapping
 from router.delivery.async_queue import AsyncQueue, QueuedEvent
+from router.delivery.dead_letter import DeadLetter
 from router.delivery.event_batcher import EventBatcher
 from router.events.app_event import app_event, app_record, dedup_id
 from router.events.s3_match import topic_matches
@@ -35,10 +41,11 @@ Message = tuple[bytes, str, Sequence[tuple[str, str]] | None]
 
 
 class AppEventRouter:
-    def __init__(self, queue: AsyncQueue, *, metrics: Metrics, on_enqueued: Callable[[], None],
-                 batcher: EventBatcher | None = None, log: Any = None,
+    def __init__(self, queue: AsyncQueue, dead_letter: DeadLetter, *, metrics: Metrics,
+                 on_enqueued: Callable[[], None], batcher: EventBatcher | None = None, log: Any = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._queue = queue
+        self._dead_letter = dead_letter
         self._metrics = metrics
         self._on_enqueued = on_enqueued
         self._batcher = batcher
@@ -62,24 +69,11 @@ class AppEventRouter:
         events: list[QueuedEvent] = []
         received = self._clock()
         for payload, topic, properties in items:
-            for name, mapping in self._mappings.items():
-                if not topic_matches(mapping.mqtt_topic, topic):
-                    continue
-                event = app_event(payload, topic, topic_key=mapping.topic_key)
-                if mapping.filter_criteria is not None and not mapping.filter_criteria.compiled.matches(event):
-                    self._metrics.filtered_out_records.labels(mapping=name).inc()
-                    continue
-                key = None
-                if mapping.deduplication_id is not None:
-                    key = dedup_id(payload, properties, user_property=mapping.deduplication_id.user_property,
-                                   json_field=mapping.deduplication_id.json_field)
-                if mapping.batch_size > 1:
-                    record = app_record(payload, topic, received_at=received, message_id=str(uuid.uuid4()))
-                    events.append(QueuedEvent(name, mapping.function_name, record, key, stage="collect",
-                                              dedup_window=mapping.deduplication_window_seconds))
-                else:
-                    events.append(QueuedEvent(name, mapping.function_name, event, key,
-                                              dedup_window=mapping.deduplication_window_seconds))
+            try:
+                events.extend(self._route(payload, topic, properties, received))
+            except Exception as exc:
+                await self._dead_letter.write(payload, reason=f"unreadable app event ({type(exc).__name__})",
+                                              source="mqtt-app", topic=topic)
         if not events:
             return 0
         result = await self._queue.enqueue(events, dedup_window=0)
@@ -90,3 +84,36 @@ class AppEventRouter:
         self._log.debug("app_events.queued", messages=len(items), events=result.accepted,
                         duplicates=result.duplicates)
         return result.accepted
+
+    def _route(self, payload: bytes, topic: str, properties: Sequence[tuple[str, str]] | None,
+               received: float) -> list[QueuedEvent]:
+        """The events one message becomes, their JSON and keys already encoded so that whatever
+        cannot be stored fails here, with this message, and not in the queue write for all."""
+        events: list[QueuedEvent] = []
+        for name, mapping in self._mappings.items():
+            if not topic_matches(mapping.mqtt_topic, topic):
+                continue
+            event = app_event(payload, topic, topic_key=mapping.topic_key)
+            if mapping.filter_criteria is not None and not mapping.filter_criteria.compiled.matches(event):
+                self._metrics.filtered_out_records.labels(mapping=name).inc()
+                continue
+            key = None
+            if mapping.deduplication_id is not None:
+                key = dedup_id(payload, properties, user_property=mapping.deduplication_id.user_property,
+                               json_field=mapping.deduplication_id.json_field)
+                if key is not None:
+                    key.encode()
+            if mapping.batch_size > 1:
+                record = app_record(payload, topic, received_at=received, message_id=str(uuid.uuid4()))
+                events.append(QueuedEvent(name, mapping.function_name, _encoded(record), key, stage="collect",
+                                          dedup_window=mapping.deduplication_window_seconds))
+            else:
+                events.append(QueuedEvent(name, mapping.function_name, _encoded(event), key,
+                                          dedup_window=mapping.deduplication_window_seconds))
+        return events
+
+
+def _encoded(event: dict[str, Any]) -> str:
+    text = json.dumps(event, separators=(",", ":"))
+    text.encode()  # json.dumps escapes non-ASCII, so this only refuses what no store could keep
+    return text

@@ -104,3 +104,41 @@ async def test_ten_thousand_hostile_payloads_never_stall_intake(harness: Harness
                                          topic="minio/events")
     assert result.outcome == "accepted"
     assert len(await harness.queued("photos-audit")) > before or result.duplicates
+
+
+async def test_hostile_app_events_are_dead_lettered_one_by_one_and_the_rest_are_queued(tmp_path: Path) -> None:
+    from router.config import AppEventMapping, load_config_data
+    from router.delivery.async_queue import AsyncQueue
+    from router.delivery.dead_letter import DeadLetter
+    from router.observability.metrics import Metrics
+    from router.sources.app_events import AppEventRouter
+
+    config = load_config_data({
+        "state_dir": str(tmp_path), "functions": {"f": {"handler": "m.h"}}, "mqtt": {},
+        "event_source_mappings": {
+            "by-id": {"function_name": "f", "mqtt_topic": "app/#", "deduplication_id": {"user_property": "id"}},
+            "filtered": {"function_name": "f", "mqtt_topic": "app/+/clicks", "topic_key": "topic", "filter_criteria": {
+                "filters": [{"pattern": '{"n": [{"numeric": [">", 1]}]}'}]}},
+            "batched": {"function_name": "f", "mqtt_topic": "app/#", "batch_size": 10},
+        }}, {})
+    metrics = Metrics()
+    queue = AsyncQueue(tmp_path / "queue.sqlite3", metrics=metrics)
+    await queue.open()
+    dead_letter = DeadLetter(tmp_path / "dead-letter", metrics=metrics)
+    router = AppEventRouter(queue, dead_letter, metrics=metrics, on_enqueued=lambda: None)
+    router.set_mappings({name: m for name, m in config.event_source_mappings.items() if isinstance(m, AppEventMapping)})
+    rng = random.Random(7)
+    try:
+        for payload in hostile_payloads(seed=11)[:2000]:
+            prop = rng.choice(["a", "\ud800", "x" * 70_000, ""])
+            await router.accept_batch([(payload, rng.choice(["app/u1/clicks", "app/\udfff/clicks"]), [("id", prop)])])
+        assert dead_letter.count() > 0
+        queued = await queue.claim("by-id", "invoke", 10_000)
+        before = len(queued.events)
+        assert before > 0
+        for event in queued.events:
+            await queue.release(event.id)
+        assert await router.accept_batch([(b'{"n": 5}', "app/u1/clicks", [("id", "fresh")])]) == 3
+        assert len((await queue.claim("by-id", "invoke", 10_000)).events) == before + 1
+    finally:
+        await queue.close()

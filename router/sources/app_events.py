@@ -10,9 +10,8 @@ between the broker and the queue, and a redelivery after a crash is queued again
 A message that trips anything on its way into the queue (a dedup id or topic that cannot be
 encoded, say) is dead-lettered on its own and the rest go on: raised, it would withhold its PUBACK
 and, since acknowledgements go in order, every one behind it. Duplicates are suppressed only where
-a mapping names the message's id
-(`deduplication_id`: an MQTT v5 user property or a JSON field), never by payload, so two
-identical clicks stay two clicks.
+a mapping names the message's id (`deduplication_id`: an MQTT v5 user property or a JSON field),
+never by payload, so two identical clicks stay two clicks.
 
 With `batch_size` > 1 each message is queued as a record to collect, and the event batcher
 (`router.delivery.event_batcher`) turns runs of them into `{"Records": [...]}` invocations.

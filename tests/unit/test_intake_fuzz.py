@@ -9,22 +9,15 @@ PUBACK on MQTT, a 503 on the webhook, retried forever), and a valid notification
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from test_s3_routing import FIXTURES, Harness, fixture
+from hostile_payloads import COUNT, fixture, hostile_payloads, lone_surrogate_key
+from test_s3_routing import Harness
 
 from router.sources.bucket_notifications import NotificationRouter
-
-COUNT = 10_000
-HOSTILE: list[Any] = [
-    10**400, -(10**30), 1e308, float("inf"), "", "\ud800", "a\udfffb", "x" * 70_000, None, True, [], {},
-    [[[[[]]]]], "../../etc/passwd", "%ZZ%", "\x00", 2**63, -1, "9" * 5000,
-]
 
 
 @pytest.fixture
@@ -35,46 +28,6 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     await h.queue.close()
 
 
-def _lone_surrogate_key() -> bytes:
-    record = json.loads(fixture("mqtt_put_encoded_key.json"))
-    record["Records"][0]["s3"]["object"]["key"] = "photos/a\ud800.jpg"
-    record["Key"] = "photos/a\ud800.jpg"
-    return json.dumps(record).encode()  # json.dumps escapes it as \\ud800, which json.loads brings back
-
-
-def _mutate(value: Any, rng: random.Random) -> Any:
-    if isinstance(value, dict):
-        return {k: (rng.choice(HOSTILE) if rng.random() < 0.15 else _mutate(v, rng)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mutate(v, rng) for v in value]
-    return rng.choice(HOSTILE) if rng.random() < 0.3 else value
-
-
-def _encode(document: Any) -> bytes:
-    try:
-        return json.dumps(document, allow_nan=True).encode()
-    except (ValueError, RecursionError):
-        return b"{"
-
-
-def hostile_payloads(seed: int = 2026) -> list[bytes]:
-    rng = random.Random(seed)
-    shapes = [json.loads(p.read_bytes()) for p in sorted(FIXTURES.glob("*/*.json"))]
-    payloads: list[bytes] = [_lone_surrogate_key()]
-    while len(payloads) < COUNT:
-        kind = rng.randrange(6)
-        if kind == 0:
-            payloads.append(rng.randbytes(rng.randrange(0, 300)))
-        elif kind == 1:
-            depth = rng.choice([50, 500, 5000, 100_000])
-            payloads.append(b'{"Records":' + b"[" * depth + b"]" * depth + b"}")
-        elif kind == 2:
-            payloads.append(_encode({"Records": [rng.choice(HOSTILE)] * rng.randrange(1, 4)}))
-        else:
-            payloads.append(_encode(_mutate(rng.choice(shapes), rng)))
-    return payloads
-
-
 async def _accept_all(router: NotificationRouter, payloads: list[bytes], *, store: str = "auto") -> None:
     for start in range(0, len(payloads), 20):
         await router.accept_batch([(p, "minio/events") for p in payloads[start:start + 20]], transport="mqtt",
@@ -83,7 +36,7 @@ async def _accept_all(router: NotificationRouter, payloads: list[bytes], *, stor
 
 async def test_a_lone_surrogate_in_a_key_is_dead_lettered_and_the_batch_goes_on(harness: Harness) -> None:
     good = fixture("mqtt_put_encoded_key.json")
-    result = await harness.router.accept_batch([(_lone_surrogate_key(), "minio/events"), (good, "minio/events")],
+    result = await harness.router.accept_batch([(lone_surrogate_key(), "minio/events"), (good, "minio/events")],
                                                transport="mqtt")
     assert result.outcome == "accepted" and result.queued >= 1
     assert harness.dead_letter.count() == 1

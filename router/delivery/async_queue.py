@@ -97,8 +97,14 @@ class QueuedEvent:
     dedup_window: float | None = None  # this event's own window, instead of the enqueue call's
 
 
+def encode_event(event: dict[str, Any]) -> str:
+    """An event's JSON as the queue stores it. ASCII only (non-ASCII and lone surrogates are
+    escaped), so once a source has it, storing it cannot fail on the text."""
+    return json.dumps(event, separators=(",", ":"))
+
+
 def _encoded(event: dict[str, Any] | str) -> str:
-    return event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
+    return event if isinstance(event, str) else encode_event(event)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ With `batch_size` > 1 each message is queued as a record to collect, and the eve
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +27,7 @@ from typing import Any
 import structlog
 
 from router.config import AppEventMapping
-from router.delivery.async_queue import AsyncQueue, QueuedEvent
+from router.delivery.async_queue import AsyncQueue, QueuedEvent, encode_event
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.event_batcher import EventBatcher
 from router.events.app_event import app_event, app_record, dedup_id
@@ -101,18 +100,12 @@ class AppEventRouter:
                 key = dedup_id(payload, properties, user_property=mapping.deduplication_id.user_property,
                                json_field=mapping.deduplication_id.json_field)
                 if key is not None:
-                    key.encode()
+                    key.encode()  # stored as given (an MQTT property may hold a lone surrogate)
             if mapping.batch_size > 1:
                 record = app_record(payload, topic, received_at=received, message_id=str(uuid.uuid4()))
-                events.append(QueuedEvent(name, mapping.function_name, _encoded(record), key, stage="collect",
+                events.append(QueuedEvent(name, mapping.function_name, encode_event(record), key, stage="collect",
                                           dedup_window=mapping.deduplication_window_seconds))
             else:
-                events.append(QueuedEvent(name, mapping.function_name, _encoded(event), key,
+                events.append(QueuedEvent(name, mapping.function_name, encode_event(event), key,
                                           dedup_window=mapping.deduplication_window_seconds))
         return events
-
-
-def _encoded(event: dict[str, Any]) -> str:
-    text = json.dumps(event, separators=(",", ":"))
-    text.encode()  # json.dumps escapes non-ASCII, so this only refuses what no store could keep
-    return text

@@ -13,7 +13,6 @@ functions. Records matching no mapping are counted and dropped, as S3 drops even
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Literal
 import structlog
 
 from router.config import BucketMapping, Config
-from router.delivery.async_queue import AsyncQueue, EnqueueResult, QueuedEvent
+from router.delivery.async_queue import AsyncQueue, EnqueueResult, QueuedEvent, encode_event
 from router.delivery.dead_letter import DeadLetter
 from router.events.dedup import dedup_key
 from router.events.s3 import MalformedNotification, Store, event_record, parse_notification
@@ -187,8 +186,7 @@ class NotificationRouter:
                     # Lambda's filter criteria, on the record as the function would receive it.
                     self._metrics.filtered_out_records.labels(mapping=name).inc()
                     continue
-                body = json.dumps({"Records": [record]}, separators=(",", ":"))
-                body.encode()  # a lone surrogate fails here, not in the queue's write
+                body = encode_event({"Records": [record]})
                 events.append((mapping.deduplication_window_seconds,
                                QueuedEvent(name, mapping.function_name, body, key)))
         matched_any = unmatched < len(parsed.events)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -68,14 +67,6 @@ class Harness:
     def metric(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
         return value or 0.0
-
-
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(tmp_path)
-    await h.queue.open()
-    yield h
-    await h.queue.close()
 
 
 async def test_matching_record_is_queued_in_aws_shape_for_each_mapping(harness: Harness) -> None:

@@ -48,6 +48,7 @@ from router.observability.progress import ProgressBoard
 from router.observability.sdnotify import SystemdNotifier, watchdog_loop
 from router.reload import plan_reload
 from router.routes.handler import HttpRoutes
+from router.runtime import containment
 from router.runtime.pool import WorkerPool
 from router.sources.app_events import AppEventRouter
 from router.sources.bucket_notifications import NotificationRouter
@@ -400,6 +401,7 @@ async def serve(
 
 
 def run(config: Config, load: ConfigLoader | None = None) -> int:
+    containment.protect_daemon()
     try:
         return event_loop.run(serve(config, load=load), config.event_loop)
     except StartupError as exc:

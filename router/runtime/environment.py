@@ -3,7 +3,7 @@
 All waiting is asyncio: the worker's socket is an asyncio transport (so a chatty handler or a
 6 MB response never blocks the event loop), and the process's exit is watched through a pidfd
 (exit is noticed even if the handler forked children that still hold our sockets), falling back
-to multiprocessing's sentinel pipe where pidfds do not exist.
+to polling where pidfds do not exist.
 
 An environment is in exactly one state: starting, idle, busy or dead. Every way out of it
 (graceful stop, timeout, memory kill, crash) ends in the same place, `_finish`, which runs once the
@@ -17,16 +17,15 @@ import collections
 import contextlib
 import os
 import signal
-import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any, Literal, cast
 
 import psutil
 
-from router.runtime import protocol, worker
+from router.runtime import launch, protocol
 
 State = Literal["starting", "idle", "busy", "dead"]
 # Why the daemon ended an environment; None when it died on its own (a crash). "init" and "oom"
@@ -41,6 +40,8 @@ _LOST_CONNECTION_GRACE = 0.5
 _DRAIN_GRACE = 1.0
 # Messages handled per event-loop iteration before yielding to other work.
 _MESSAGES_PER_ITERATION = 64
+# Without pidfds, how often a worker is checked for having exited.
+_EXIT_POLL_INTERVAL = 0.05
 # SIGKILL is not instant for a process in uninterruptible sleep; don't wait for it forever.
 _REAP_GIVE_UP = 10.0
 
@@ -118,7 +119,6 @@ class ExecutionEnvironment:
     def __init__(
         self,
         spec: protocol.WorkerSpec,
-        mp_context: SpawnContext,
         *,
         on_log: LogCallback,
         on_exit: ExitCallback,
@@ -128,12 +128,11 @@ class ExecutionEnvironment:
         self.state: State = "starting"
         self.invocations = 0
         self.peak_rss_bytes = 0
-        self._mp = mp_context
         self._on_log = on_log
         self._on_exit = on_exit
         self._on_idle = on_idle
         self._loop = asyncio.get_running_loop()
-        self._process: SpawnProcess | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._ps: psutil.Process | None = None
         self._transport: asyncio.Transport | None = None
@@ -175,27 +174,12 @@ class ExecutionEnvironment:
     async def start(self, timeout: float) -> Ready | Exited:
         """Spawn the worker and wait for its init phase (the handler import) to finish."""
         started = time.perf_counter()
-        parent_conn, child_conn = self._mp.Pipe(duplex=True)
-        process = self._mp.Process(
-            target=worker.main,
-            args=(child_conn, self.spec),
-            name=f"router-env-{self.spec.function_name}",
-            daemon=True,
-        )
-        try:
-            process.start()
-        except BaseException:
-            parent_conn.close()
-            raise
-        finally:
-            child_conn.close()
+        process, sock = launch.launch(self.spec)
         self._process = process
         self._pid = process.pid
         self._watch_exit(process)
         with contextlib.suppress(psutil.Error):
             self._ps = psutil.Process(process.pid)
-        sock = socket.socket(fileno=os.dup(parent_conn.fileno()))
-        parent_conn.close()
         sock.setblocking(False)
         self._pending = self._loop.create_future()
         transport, _ = await self._loop.create_unix_connection(lambda: _Connection(self), sock=sock)
@@ -312,14 +296,22 @@ class ExecutionEnvironment:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
 
-    def _watch_exit(self, process: SpawnProcess) -> None:
-        assert process.pid is not None
+    def _watch_exit(self, process: subprocess.Popen[bytes]) -> None:
         try:
             self._exit_fd = os.pidfd_open(process.pid)
-            self._owns_exit_fd = True
         except (AttributeError, OSError):
-            self._exit_fd = process.sentinel
+            self._poll_exit()  # no pidfds (not Linux, or before 5.3): look now and then
+            return
+        self._owns_exit_fd = True
         self._loop.add_reader(self._exit_fd, self._on_process_exit)
+
+    def _poll_exit(self) -> None:
+        if self.state == "dead" or self._exit_seen:
+            return
+        if self._process is not None and self._process.poll() is not None:
+            self._on_process_exit()
+        else:
+            self._loop.call_later(_EXIT_POLL_INTERVAL, self._poll_exit)
 
     def _on_process_exit(self) -> None:
         if self._exit_fd is not None:
@@ -345,9 +337,9 @@ class ExecutionEnvironment:
     def _reap(self, since: float) -> None:
         process = self._process
         assert process is not None
-        exitcode = process.exitcode  # waitpid(WNOHANG)
+        exitcode = process.poll()  # waitpid(WNOHANG)
         if exitcode is None and time.monotonic() - since < _REAP_GIVE_UP:
-            # The sentinel pipe can close a moment before the process becomes reapable.
+            # Be safe if the exit is seen a moment before the process becomes reapable.
             self._loop.call_later(0.002, self._reap, since)
             return
         self._finish(exitcode)
@@ -371,9 +363,6 @@ class ExecutionEnvironment:
             self._exit_fd = None
         if self._transport is not None:
             self._transport.close()
-        if self._process is not None and exitcode is not None:
-            with contextlib.suppress(ValueError):
-                self._process.close()
         exited = Exited(exitcode, self._kill_reason, self.peak_rss_bytes)
         if not self._exited.done():
             self._exited.set_result(exited)

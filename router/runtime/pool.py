@@ -27,7 +27,6 @@ import collections
 import json
 import logging
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -247,8 +246,6 @@ class WorkerPool:
         self._config = config
         self._metrics = metrics
         self._log = log if log is not None else structlog.get_logger("router.runtime.pool")
-        # Not fork: the daemon is a multi-threaded asyncio process holding broker sockets.
-        self._mp = multiprocessing.get_context("spawn")
         self._functions = {name: self._function(name, fc) for name, fc in config.functions.items()}
         # Functions a reload replaced or removed, until their last environment has ended.
         self._retiring: set[_Function] = set()
@@ -507,7 +504,7 @@ class WorkerPool:
             data_limit_bytes=(fn.config.memory_size * _DATA_LIMIT_FACTOR + _DATA_LIMIT_SLACK_MB) * _MB,
         )
         env = ExecutionEnvironment(
-            spec, self._mp, on_idle=fn.release,
+            spec, on_idle=fn.release,
             on_log=lambda env, request_id, stream, text: self._on_log_line(fn, request_id, stream, text),
             on_exit=lambda env, exited: self._on_exit(fn, env, exited),
         )

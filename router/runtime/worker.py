@@ -1,15 +1,16 @@
 """The main of one execution environment: a spawned process that imports a handler once and then
 serves invocations one at a time until the daemon stops it or it dies.
 
-It plays the part of Lambda's runtime (awslambdaric): it sets Lambda's environment variables before
-the import, captures stdout/stderr and the root logger per invocation, builds the context object,
-and turns whatever happens in user code into Lambda's error JSON. What it cannot report itself
-(timeouts, hard crashes, memory kills) the daemon observes from outside.
+It plays the part of Lambda's runtime (awslambdaric): it captures stdout/stderr and the root
+logger per invocation, builds the context object, and turns whatever happens in user code into
+Lambda's error JSON. What it cannot report itself (timeouts, hard crashes, memory kills) the
+daemon observes from outside.
 
-Being spawned from a multi-threaded asyncio daemon, it never relies on inherited state: everything
-comes in the pickled `WorkerSpec`. It makes sure it dies with the daemon (PR_SET_PDEATHSIG, and EOF
-on its connection), and runs in its own process group so the daemon can kill whatever the handler
-started along with it.
+Exec'd by the daemon (launch.py) with only its function's environment (Lambda's variables among
+it), in a process group of its own so the daemon can kill whatever the handler started along with
+it, it never relies on inherited state: everything comes in the pickled `WorkerSpec`, the first
+message on its socket. It makes sure it dies with the daemon (PR_SET_PDEATHSIG, and EOF on its
+connection).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import resource
 import select
 import signal
@@ -32,10 +34,9 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any, TextIO
 
-from router.runtime import errors, fast_json, kinesis_batch, protocol
+from router.runtime import containment, errors, fast_json, kinesis_batch, protocol
 from router.runtime.context import LambdaContext
 
 _PR_SET_PDEATHSIG = 1
@@ -86,16 +87,12 @@ def _limit_memory(limit_bytes: int | None) -> None:
 
 
 def _become_environment(spec: protocol.WorkerSpec) -> None:
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)
     _tie_to_parent(spec.parent_pid)
+    containment.contain_worker()
     # Raw writes to fd 1 (C extensions, child processes) must not corrupt the daemon's stdout,
     # which carries JSON logs or `router invoke`'s response; send them to stderr instead.
     with contextlib.suppress(OSError):
         os.dup2(2, 1)
-    os.environ.clear()
-    os.environ.update(spec.environment)
-    time.tzset()
     if spec.code_path is not None:
         sys.path.insert(0, spec.code_path)
     with contextlib.suppress(OSError):
@@ -337,6 +334,7 @@ class _Inbox:
     _READ_SIZE = 1 << 16
 
     def __init__(self, fd: int) -> None:
+        self.fd = fd
         self._fd = fd
         self._decoder = protocol.FrameDecoder()
         self._ready: collections.deque[bytes] = collections.deque()
@@ -393,9 +391,9 @@ def _error_log_text(payload: dict[str, Any]) -> str:
 
 
 class _Runtime:
-    def __init__(self, conn: Connection, spec: protocol.WorkerSpec) -> None:
-        self._conn = conn
-        self._outbox = _Outbox(conn.fileno())
+    def __init__(self, inbox: _Inbox, spec: protocol.WorkerSpec) -> None:
+        self._inbox = inbox
+        self._outbox = _Outbox(inbox.fd)
         self._spec = spec
         self._send_lock = threading.Lock()
         self.request_id: str | None = None
@@ -462,7 +460,7 @@ class _Runtime:
         return None
 
     def serve(self, handler: Handler) -> None:
-        inbox = _Inbox(self._conn.fileno())
+        inbox = self._inbox
         while True:
             try:
                 message = inbox.next()
@@ -535,10 +533,16 @@ class _Runtime:
         self.send_log("log", text)
 
 
-def main(conn: Connection, spec: protocol.WorkerSpec) -> None:
-    """multiprocessing target: become the environment, init, serve, exit."""
+def main(fd: int) -> None:
+    """Entry point of the exec'd worker (launch.py): read the spec, become the environment,
+    init, serve, exit."""
+    inbox = _Inbox(fd)
+    try:
+        spec = pickle.loads(inbox.next())
+    except (EOFError, OSError):
+        return  # the daemon went away before we started
     _become_environment(spec)
-    runtime = _Runtime(conn, spec)
+    runtime = _Runtime(inbox, spec)
     runtime.capture_output()
     try:
         handler = runtime.init()
@@ -547,4 +551,4 @@ def main(conn: Connection, spec: protocol.WorkerSpec) -> None:
     finally:
         runtime.restore_output()
         with contextlib.suppress(OSError):
-            conn.close()
+            os.close(fd)

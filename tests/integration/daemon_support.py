@@ -20,7 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Daemon:
-    def __init__(self, config: dict[str, Any], workdir: Path) -> None:
+    def __init__(
+        self, config: dict[str, Any], workdir: Path, env: dict[str, str] | None = None,
+        *, prefix: list[str] | None = None,
+    ) -> None:
+        self.extra_env = env or {}
+        self.prefix = prefix or []
         self.port = free_port()
         config.setdefault("http", {})["listen"] = f"127.0.0.1:{self.port}"
         config.setdefault("state_dir", str(workdir / "state"))
@@ -31,9 +36,10 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_")} | self.extra_env
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router.cli", "run", "--config", str(self.config_path), "--log-format", "json"],
+            [*self.prefix, sys.executable, "-m", "router.cli", "run", "--config", str(self.config_path),
+             "--log-format", "json"],
             stdout=self.log_path.open("wb"), stderr=self.err_path.open("wb"), cwd=ROOT, env=env,
             start_new_session=True,
         )

@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import time
-from multiprocessing.connection import Connection
 from typing import Any
 
 from router.config import load_config_data
@@ -23,11 +22,11 @@ def _invoke(event: bytes, event_format: int, handler: Any) -> protocol.Result:
     )
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        conn = Connection(os.dup(theirs.fileno()))
-        runtime = worker._Runtime(conn, spec)
+        fd = os.dup(theirs.fileno())
+        runtime = worker._Runtime(worker._Inbox(fd), spec)
         frame = protocol.encode_invoke("r-1", int(time.time() * 1000) + 3000, "arn", b"", event, event_format)
         runtime.invoke(handler, protocol.decode_invoke(frame[4:]))
-        conn.close()
+        os.close(fd)
         ours.setblocking(False)
         decoder = protocol.FrameDecoder()
         messages: list[bytes] = []

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from router import secret_files
 from router.delivery.filter_criteria import CompiledFilters, FilterError, compile_patterns
 from router.routes.route_table import Route, RouteError, RouteTable, reserved_conflict
 
@@ -591,14 +592,21 @@ def cross_checks(config: Config) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # loading
 
-_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# ${VAR}, ${VAR:-default}, or a secret read from a file: ${file:PATH}, ${credential:NAME}.
+_VAR_RE = re.compile(r"\$\{(?:(file|credential):([^}]+)|([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?)\}")
 
 
 def _interpolate(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
+            kind, ref, name, default = match.groups()
+            if kind is not None:
+                try:
+                    return secret_files.resolve(kind, ref, env)
+                except ValueError as exc:
+                    problems.append(f"{path or '<root>'}: {exc}")
+                    return ""
             found = env.get(name)
             if found not in (None, "") or (found == "" and default is None):
                 return found or ""

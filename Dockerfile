@@ -15,6 +15,12 @@ COPY router ./router
 RUN /opt/router/.venv/bin/pip install '.[examples]'
 
 FROM python:3.11-slim
+# tini is PID 1: it reaps every orphan a handler leaves behind (a daemonized grandchild that left
+# its environment's process group), which the daemon as PID 1 would leave as zombies, and passes
+# SIGTERM to the daemon alone, which drains and stops its workers itself.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 router \
  && useradd --system --uid 10001 --gid router --home-dir /var/lib/router --no-create-home \
         --shell /usr/sbin/nologin router \
@@ -34,4 +40,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 # SIGTERM starts the drain (in-flight invocations finish, checkpoints are written); give
 # `docker stop -t` more than shutdown_timeout_seconds.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["router", "run"]
+ENTRYPOINT ["tini", "--", "router", "run"]

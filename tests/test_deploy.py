@@ -106,6 +106,12 @@ def test_unit_stops_gracefully_after_the_drain(unit: dict[str, dict[str, list[st
     assert int(_one(unit, "TimeoutStopSec")) > Config().shutdown_timeout_seconds + 15
 
 
+def test_unit_bounds_memory_without_stopping_on_a_handler_oom(unit: dict[str, dict[str, list[str]]]) -> None:
+    assert _one(unit, "MemoryMax").endswith(("G", "M"))
+    # A worker the kernel OOM-kills costs one invocation; OOMPolicy=stop would take the service down.
+    assert _one(unit, "OOMPolicy") == "continue"
+
+
 def test_unit_hardening_still_lets_workers_fork_and_exec(unit: dict[str, dict[str, list[str]]]) -> None:
     for key, value in {
         "ProtectSystem": "strict", "ProtectHome": "yes", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
@@ -321,7 +327,9 @@ def test_dockerfile_structure() -> None:
     users = [args for k, args in final if k == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as non-root"
     entrypoint = [args for k, args in final if k == "ENTRYPOINT"]
-    assert entrypoint and json.loads(entrypoint[-1]) == ["router", "run"]  # exec form: gets SIGTERM
+    # Exec form under an init: tini reaps orphaned grandchildren and hands SIGTERM to the daemon.
+    assert entrypoint and json.loads(entrypoint[-1]) == ["tini", "--", "router", "run"]
+    assert any(k == "RUN" and "apt-get install" in a and " tini" in a for k, a in final)
     assert any(k == "RUN" and "pip install" in a and "'.[examples]'" in a for k, a in instructions)
     for keyword, args in instructions:
         if keyword == "COPY" and not args.startswith("--from"):

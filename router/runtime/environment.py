@@ -26,6 +26,7 @@ from typing import Any, Literal, cast
 import psutil
 
 from router.runtime import launch, protocol
+from router.runtime.tree_rss import tree_rss
 
 State = Literal["starting", "idle", "busy", "dead"]
 # Why the daemon ended an environment; None when it died on its own (a crash). "init" and "oom"
@@ -158,13 +159,16 @@ class ExecutionEnvironment:
         return self.state != "dead" and self._kill_reason is None
 
     def sample_rss(self) -> int | None:
-        """Current RSS in bytes (also folded into the peak), or None if the process is gone."""
-        if self._ps is None or self.state == "dead":
+        """Current RSS in bytes of the worker and the processes it started (tree_rss; also folded
+        into the peak), or None if the worker is gone."""
+        if self._ps is None or self._pid is None or self.state == "dead":
             return None
-        try:
-            rss = int(self._ps.memory_info().rss)
-        except (psutil.Error, OSError):
-            return None
+        rss = tree_rss(self._pid)
+        if rss is None:  # no /proc (not Linux), or gone
+            try:
+                rss = int(self._ps.memory_info().rss)
+            except (psutil.Error, OSError):
+                return None
         if rss > self.peak_rss_bytes:
             self.peak_rss_bytes = rss
         return rss

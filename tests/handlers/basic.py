@@ -144,6 +144,14 @@ def hog(event: Any, context: Any) -> int:
     return len(blob)
 
 
+def child_hog(event: Any, context: Any) -> int:
+    """Leaves the memory to a child process (as a handler running ffmpeg does) and waits for it."""
+    code = (f"blob = bytearray({int(event['mb'])} * 1024 * 1024)\n"
+            "for i in range(0, len(blob), 4096): blob[i] = 1\n"
+            f"import time; time.sleep({float(event.get('hold', 1.0))})")
+    return subprocess.run([sys.executable, "-c", code], check=True).returncode
+
+
 def quick_hog(event: Any, context: Any) -> int:
     """Touches `mb` megabytes and returns at once: too fast for a watchdog, not for peak RSS."""
     blob = b"x" * (int(event["mb"]) * _MB)

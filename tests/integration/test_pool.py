@@ -424,6 +424,18 @@ async def test_rss_over_memory_size_is_out_of_memory(make_pool: MakePool) -> Non
     assert h.counted("router_worker_restarts_total", function="hog", reason="oom") == 1
 
 
+async def test_memory_of_the_processes_a_handler_starts_counts_against_memory_size(make_pool: MakePool) -> None:
+    # As in Lambda's sandbox, whose memory cgroup holds the handler's subprocesses too.
+    h = await make_pool(kid={"handler": "basic.child_hog", "memory_size": 128, "timeout": 10})
+    started = time.monotonic()
+    result = await h.pool.invoke("kid", {"mb": 300, "hold": 5}, request_id="r-kid")
+    assert time.monotonic() - started < 4  # killed by the watchdog, not after the 5 s hold
+    assert result.error_type == "Runtime.OutOfMemory" and result.outcome == "oom"
+    assert result.max_memory_used_mb > 128
+    ok = await h.pool.invoke("kid", {"mb": 10, "hold": 0})
+    assert ok.ok and ok.payload == 0
+
+
 async def test_peak_rss_over_memory_size_is_out_of_memory_even_when_quick(make_pool: MakePool) -> None:
     h = await make_pool(quick={"handler": "basic.quick_hog", "memory_size": 128})
     result = await h.pool.invoke("quick", {"mb": 200})

@@ -17,6 +17,7 @@ import collections
 import contextlib
 import os
 import signal
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import psutil
+import structlog
 
 from router.runtime import launch, protocol
 from router.runtime.tree_rss import tree_rss
@@ -31,7 +33,7 @@ from router.runtime.tree_rss import tree_rss
 State = Literal["starting", "idle", "busy", "dead"]
 # Why the daemon ended an environment; None when it died on its own (a crash). "init" and "oom"
 # also cover a worker that reported the problem itself and exited.
-KillReason = Literal["timeout", "oom", "init", "stop", "cancelled", "lost"]
+KillReason = Literal["timeout", "oom", "init", "stop", "cancelled", "lost", "protocol", "oversize_result"]
 
 # A worker that closed its connection but is still running cannot be used again.
 _LOST_CONNECTION_GRACE = 0.5
@@ -39,6 +41,18 @@ _LOST_CONNECTION_GRACE = 0.5
 # the socket; wait this long for EOF before declaring it dead. Bounded, because children the
 # handler forked may hold the socket open.
 _DRAIN_GRACE = 1.0
+MAX_RESPONSE_BYTES = protocol.MAX_RESPONSE_BYTES
+# The largest message a worker may send, by kind. A RESULT (and a READY, which may carry an init
+# error) holds at most protocol.MAX_RESULT_BODY plus its small header; a LOG chunk is 256 Ki characters, at
+# most 4 bytes each in UTF-8, plus its header. A larger one ends the environment as soon as its
+# length and kind are read, so a handler cannot make the daemon buffer what it likes.
+_FRAME_SLACK = 64 * 1024
+FRAME_LIMITS = {
+    protocol.RESULT: protocol.MAX_RESULT_BODY + _FRAME_SLACK,
+    protocol.READY: protocol.MAX_RESULT_BODY + _FRAME_SLACK,
+    protocol.LOG: 4 * 256 * 1024 + _FRAME_SLACK,
+}
+_OTHER_FRAME_LIMIT = _FRAME_SLACK
 # Messages handled per event-loop iteration before yielding to other work.
 _MESSAGES_PER_ITERATION = 64
 # Without pidfds, how often a worker is checked for having exited.
@@ -65,37 +79,62 @@ ExitCallback = Callable[["ExecutionEnvironment", Exited], None]
 IdleCallback = Callable[["ExecutionEnvironment"], None]
 
 
+# What decoding a worker's message raises when it is not one the runtime wrote.
+_MALFORMED = (protocol.FrameError, ValueError, KeyError, IndexError, TypeError, struct.error)
+
+
 class _Connection(asyncio.Protocol):
     """Decodes the worker's messages and hands them on in order, a bounded number per loop
     iteration: a handler printing in a tight loop must not starve the rest of the daemon."""
 
     def __init__(self, env: ExecutionEnvironment) -> None:
         self._env = env
-        self._decoder = protocol.FrameDecoder()
+        self._decoder = protocol.FrameDecoder(FRAME_LIMITS, _OTHER_FRAME_LIMIT)
         self._queue: collections.deque[bytes] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._paused = False
         self._lost = False
+        self._refused = False  # the worker broke the framing: nothing more is read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's are not subclasses of asyncio.Transport, hence no isinstance).
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        messages = self._decoder.feed(data)
-        if len(messages) == 1 and not self._queue and not self._paused:
-            self._env._on_message(messages[0])  # the common case: one RESULT
+        if self._refused:
+            return
+        try:
+            messages = self._decoder.feed(data)
+            if len(messages) == 1 and not self._queue and not self._paused:
+                self._env._on_message(messages[0])  # the common case: one RESULT
+                return
+        except _MALFORMED as exc:
+            self._refuse(exc)
             return
         self._queue.extend(messages)
         if not self._paused:
             self._drain()
 
+    def _refuse(self, exc: Exception) -> None:
+        self._refused = True
+        self._queue.clear()
+        if self._transport is not None:
+            self._transport.pause_reading()
+        self._env._refuse(exc if isinstance(exc, protocol.FrameError) else protocol.FrameError(
+            f"undecodable message ({type(exc).__name__})"))
+
     def _drain(self) -> None:
+        if self._refused:
+            return
         queue, env = self._queue, self._env
         for _ in range(_MESSAGES_PER_ITERATION):
             if not queue:
                 break
-            env._on_message(queue.popleft())
+            try:
+                env._on_message(queue.popleft())
+            except _MALFORMED as exc:
+                self._refuse(exc)
+                return
         loop = asyncio.get_running_loop()
         if queue:
             if not self._paused and self._transport is not None and not self._lost:
@@ -407,6 +446,14 @@ class ExecutionEnvironment:
                 self._retire("init")
             if self.state == "starting" and pending is not None and not pending.done():
                 pending.set_result(frame)
+
+    def _refuse(self, error: protocol.FrameError) -> None:  # called by _Connection
+        """The worker sent a message past its limit, broke the framing or sent one that does not
+        decode (only a handler writing to the runtime's socket does): end it, unread."""
+        log = structlog.get_logger("router.runtime.environment")
+        log.warning("environment.frame_refused", function=self.spec.function_name, pid=self.pid, detail=str(error))
+        result = isinstance(error, protocol.FrameTooLarge) and error.kind == protocol.RESULT
+        self.kill("oversize_result" if result else "protocol")
 
     def _retire(self, reason: KillReason) -> None:
         """The worker said it will exit; decided here, before its EOF can be processed, so the

@@ -41,7 +41,7 @@ from router.config import Config, FunctionConfig
 from router.observability.metrics import Metrics
 from router.runtime import errors, fast_json, protocol
 from router.runtime.context import FUNCTION_VERSION, new_log_stream_name, report_line
-from router.runtime.environment import ExecutionEnvironment, Exited, Ready
+from router.runtime.environment import MAX_RESPONSE_BYTES, ExecutionEnvironment, Exited, Ready
 from router.runtime.request_ids import RequestIds
 from router.runtime.result import InvocationResult, UnknownFunction
 
@@ -52,8 +52,6 @@ InvocationType = Literal["RequestResponse", "Event"]
 INIT_TIMEOUT_SECONDS = 10.0
 # How often the RSS of busy environments is checked against memory_size.
 MEMORY_WATCH_INTERVAL = 0.05
-# Lambda's limit on a synchronous invocation's response (6 MB as Lambda counts it).
-MAX_RESPONSE_BYTES = 6_291_556
 # close(): how long a busy worker may take to finish before it is signalled.
 CLOSE_GRACE_SECONDS = 2.0
 # RLIMIT_DATA backstop = memory_size * factor + slack (see worker._limit_memory).
@@ -72,7 +70,8 @@ _INHERITED_ENV = frozenset({
 })
 
 # Restart reasons for the worker_restarts metric, by why the environment ended.
-_RESTART_REASONS = {None: "crash", "lost": "crash", "timeout": "timeout", "oom": "oom", "init": "init"}
+_RESTART_REASONS = {None: "crash", "lost": "crash", "timeout": "timeout", "oom": "oom", "init": "init",
+                    "protocol": "protocol", "oversize_result": "protocol"}
 
 
 class PoolClosed(RuntimeError):
@@ -552,6 +551,9 @@ class WorkerPool:
         if exited.reason == "timeout":
             error_type, message = errors.TIMED_OUT, errors.timeout_message(request_id, timeout)
             duration_ms = timeout * 1000.0
+        elif exited.reason == "oversize_result":  # a response far past 6 MB, refused unread
+            error_type, message = errors.RESPONSE_TOO_LARGE, errors.response_too_large_message(MAX_RESPONSE_BYTES)
+            duration_ms = elapsed_ms or 0.0
         elif exited.reason == "oom" or _mb(exited.peak_rss_bytes) > fn.config.memory_size:
             error_type, message = errors.OUT_OF_MEMORY, errors.out_of_memory_message(request_id)
             duration_ms = elapsed_ms or 0.0

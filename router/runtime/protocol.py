@@ -22,6 +22,13 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+# Lambda's limit on a synchronous invocation's response (6 MB as Lambda counts it).
+MAX_RESPONSE_BYTES = 6_291_556
+# The largest RESULT body a worker sends. Up to it, the daemon applies Lambda's limit (to
+# synchronous invocations only); past it the worker answers Function.ResponseSizeTooLarge itself,
+# and the daemon ends a worker whose messages exceed their limits (environment.FRAME_LIMITS).
+MAX_RESULT_BODY = MAX_RESPONSE_BYTES + 32 * 1024
+
 # daemon -> worker
 INVOKE = ord("I")
 STOP = ord("S")
@@ -169,19 +176,48 @@ def wire(message: bytes) -> bytes:
     return length_prefix(len(message)) + message
 
 
-class FrameDecoder:
-    """Incremental reader of Connection-framed messages from a byte stream."""
+class FrameError(Exception):
+    """The peer broke the framing: a length no sender of ours writes."""
 
-    def __init__(self) -> None:
+
+class FrameTooLarge(FrameError):
+    """A message declared larger than its kind may be; raised before its body is buffered."""
+
+    def __init__(self, kind: int, size: int, limit: int) -> None:
+        Exception.__init__(self, f"{chr(kind) if 32 < kind < 127 else kind!r} message of {size} bytes (limit {limit})")
+        self.kind = kind
+        self.size = size
+        self.limit = limit
+
+
+class FrameDecoder:
+    """Incremental reader of Connection-framed messages from a byte stream.
+
+    With `limits` (the largest size of a message by its kind byte, and `default_limit` for any
+    other kind), a message is refused by `FrameTooLarge` as soon as its length and kind have
+    arrived: whoever sends it cannot make the reader buffer more than the limit, and a length no
+    sender writes is a `FrameError`."""
+
+    def __init__(self, limits: dict[int, int] | None = None, default_limit: int = 0) -> None:
         self._buffer = bytearray()
+        self._limits = limits
+        self._default_limit = default_limit
+
+    def _check(self, kind: int, size: int) -> None:
+        assert self._limits is not None
+        limit = self._limits.get(kind, self._default_limit)
+        if size > limit:
+            raise FrameTooLarge(kind, size, limit)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every message they complete, in order."""
         buf = self._buffer
-        if not buf and len(data) >= 4:
+        if not buf and len(data) >= 5:
             # Fast path: the common case of whole small messages arriving in one read.
             (size,) = _LENGTH.unpack_from(data, 0)
             if size >= 0 and len(data) == 4 + size:
+                if self._limits is not None:
+                    self._check(data[4], size)
                 return [data[4:]]
         buf += data
         messages: list[bytes] = []
@@ -197,6 +233,11 @@ class FrameDecoder:
                     break
                 (size,) = _LONG_LENGTH.unpack_from(buf, offset + 4)
                 head = 12
+            if self._limits is not None:
+                if size <= 0:  # every message has a kind byte; a negative length would loop here
+                    raise FrameError(f"message length {size}")
+                if available > head:
+                    self._check(buf[offset + head], size)
             if available < head + size:
                 break
             start = offset + head

@@ -379,6 +379,23 @@ class _Outbox:
             view = view[os.write(self._fd, view) :]
 
 
+# An error whose message or trace is larger than this (an exception carrying a whole payload) is
+# cut down to it: error JSON must fit the daemon's message limits like any response.
+_MAX_ERROR_TEXT = 256 * 1024
+
+
+def _bounded_error(payload: dict[str, Any]) -> dict[str, Any]:
+    message = str(payload.get("errorMessage", ""))
+    trace = [str(line) for line in payload.get("stackTrace") or []]
+    if len(message) + sum(map(len, trace)) <= _MAX_ERROR_TEXT:
+        return payload
+    if len(message) > _MAX_ERROR_TEXT:
+        message = message[:_MAX_ERROR_TEXT] + f"... [truncated {len(message) - _MAX_ERROR_TEXT} characters]"
+    while trace and sum(map(len, trace)) > _MAX_ERROR_TEXT:
+        trace.pop(0)  # the innermost frames, at the end, say the most
+    return {**payload, "errorMessage": message, "stackTrace": trace}
+
+
 def _error_log_text(payload: dict[str, Any]) -> str:
     """The `[ERROR] Type: message` + traceback entry awslambdaric writes to the function log."""
     lines = [f"[ERROR] {payload['errorType']}: {payload['errorMessage']}"]
@@ -454,6 +471,7 @@ class _Runtime:
             self.send(protocol.READY, {"ok": True, "import_ms": (time.perf_counter() - started) * 1000,
                                        "rss_kb": self._peak_rss.kb()})
             return handler
+        error = _bounded_error(error)
         self.send_log("log", _error_log_text(error))
         self.flush_output()
         self.send(protocol.READY, {"ok": False, "error": error, "rss_kb": self._peak_rss.kb()})
@@ -516,7 +534,12 @@ class _Runtime:
             # Too fast for the daemon's watchdog to catch, but Lambda's cgroup would have.
             error = errors.error_payload(errors.out_of_memory_message(request_id), errors.OUT_OF_MEMORY, request_id)
             retire = True
+        if error is None and len(response) > protocol.MAX_RESULT_BODY:
+            # Far past Lambda's limit: say so here rather than send the daemon what it would refuse.
+            error = errors.error_payload(errors.response_too_large_message(protocol.MAX_RESPONSE_BYTES),
+                                         errors.RESPONSE_TOO_LARGE, request_id)
         if error is not None:
+            error = _bounded_error(error)
             response = json.dumps(error).encode()
             if error["errorType"] != errors.OUT_OF_MEMORY:
                 self.send_log("log", _error_log_text(error))

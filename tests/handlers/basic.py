@@ -184,3 +184,19 @@ def many_lines(event: Any, context: Any) -> int:
 
 def big_response(event: Any, context: Any) -> str:
     return "x" * int(event["size"])
+
+
+def forge_frame(event: Any, context: Any) -> None:
+    """Bypasses the runtime: writes the header of a huge message straight to the worker's socket
+    (as a compromised or buggy handler could), then waits for the body nobody should read."""
+    import stat
+    import struct
+
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.write(fd, struct.pack("!i", int(event["size"])) + event["kind"].encode() + b"x" * 1024)
+        except OSError:
+            continue
+    time.sleep(float(event.get("hold", 10)))

@@ -652,7 +652,7 @@ async def test_a_function_that_ships_its_own_orjson_gets_that_one(make_pool: Mak
 
 
 async def test_big_event_and_big_response(make_pool: MakePool) -> None:
-    h = await make_pool(echo={"handler": "basic.echo"}, big={"handler": "basic.big_response"})
+    h = await make_pool(echo={"handler": "basic.echo"}, big={"handler": "basic.big_response", "memory_size": 512})
     blob = "e" * (5 * 1024 * 1024)
     echoed = await h.pool.invoke("echo", {"blob": blob})
     assert echoed.ok and echoed.payload["event"]["blob"] == blob
@@ -666,6 +666,27 @@ async def test_big_event_and_big_response(make_pool: MakePool) -> None:
     # Asynchronous invocations have no caller to answer: the limit is for synchronous ones.
     async_big = await h.pool.invoke("big", {"size": 6_291_556}, invocation_type="Event")
     assert async_big.ok
+    # Far past it, the worker says so itself and is not replaced for it.
+    pids = h.pids("big")
+    huge = await h.pool.invoke("big", {"size": 12 * 1024 * 1024}, invocation_type="Event")
+    assert huge.error_type == "Function.ResponseSizeTooLarge"
+    assert h.pids("big") == pids
+
+
+@pytest.mark.parametrize("kind", ["R", "L", "Y", "?"])
+async def test_a_worker_announcing_an_oversized_message_is_ended_before_it_is_read(
+    make_pool: MakePool, kind: str,
+) -> None:
+    h = await make_pool(forge={"handler": "basic.forge_frame", "timeout": 20})
+    started = time.monotonic()
+    result = await h.pool.invoke("forge", {"size": 512 * 1024 * 1024, "kind": kind, "hold": 15})
+    assert time.monotonic() - started < 5  # not left waiting for 512 MB, nor for the timeout
+    assert result.error_type == ("Function.ResponseSizeTooLarge" if kind == "R" else "Runtime.ExitError")
+    assert h.counted("router_worker_restarts_total", function="forge", reason="protocol") == 1
+    # Small but not a message the runtime writes: the same, in a fresh environment.
+    after = await h.pool.invoke("forge", {"size": 16, "kind": kind, "hold": 15})
+    assert after.error_type == "Runtime.ExitError"
+    assert h.counted("router_worker_restarts_total", function="forge", reason="protocol") == 2
 
 
 # ------------------------------------------------------------------------------------------------

@@ -45,6 +45,26 @@ def test_decoder_understands_the_long_length_form() -> None:
     assert decoder.feed(stream[7:]) == [body]
 
 
+def test_a_limited_decoder_refuses_an_oversized_message_from_its_header_alone() -> None:
+    limits = {protocol.RESULT: 1000, protocol.LOG: 100}
+    ok = [protocol.wire(bytes([protocol.RESULT]) + b"r" * 999), protocol.wire(bytes([protocol.LOG]) + b"l" * 99)]
+    decoder = protocol.FrameDecoder(limits, default_limit=10)
+    assert decoder.feed(b"".join(ok)) == [bytes([protocol.RESULT]) + b"r" * 999, bytes([protocol.LOG]) + b"l" * 99]
+    for kind, size in ((protocol.RESULT, 1001), (protocol.LOG, 101), (ord("?"), 11), (protocol.RESULT, 2**40)):
+        decoder = protocol.FrameDecoder(limits, default_limit=10)
+        header = protocol.length_prefix(size) + bytes([kind])
+        assert decoder.feed(header[:-1]) == []  # the length alone does not say whose limit applies
+        with pytest.raises(protocol.FrameTooLarge) as refused:
+            decoder.feed(header[-1:])  # nothing of the body has arrived, nothing is buffered for it
+        assert (refused.value.kind, refused.value.size) == (kind, size)
+        with pytest.raises(protocol.FrameTooLarge):  # also when it comes whole in one read
+            protocol.FrameDecoder(limits, default_limit=10).feed(protocol.length_prefix(size) + bytes([kind]) * size
+                                                               if size < 2000 else header)
+    for length in (0, -2, -(2**31)):  # no sender writes these; a negative one used to loop
+        with pytest.raises(protocol.FrameError):
+            protocol.FrameDecoder(limits).feed(struct.pack("!i", length) + b"R" * 8)
+
+
 def test_prefixes_are_the_connections_short_and_long_forms() -> None:
     # As multiprocessing.connection frames: a signed 4-byte length, or -1 and an 8-byte one
     # past 2 GiB - 1.

@@ -55,8 +55,24 @@ class _Model(BaseModel):
 # functions
 
 
+# Lambda's limit on a function's environment variables, all names and values together. Workers
+# are exec'd with them, and the kernel refuses any one variable over 128 KiB.
+MAX_ENVIRONMENT_BYTES = 4096
+
+
 class Environment(_Model):
     variables: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _within_lambda_limit(self) -> Environment:
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in self.variables.items())
+        if size > MAX_ENVIRONMENT_BYTES:
+            raise ValueError(f"the variables take {size} bytes, over Lambda's {MAX_ENVIRONMENT_BYTES}-byte limit")
+        for name in self.variables:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a variable name Lambda accepts (a letter, then letters, "
+                                 "digits and underscores)")
+        return self
 
 
 _HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*\.[A-Za-z_]\w*$")
@@ -100,6 +116,9 @@ class KafkaConfig(_Model):
     client_id: str = "router"
     session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
     heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 1_000
+    # The producer's max.request.size for kafka:// destinations: Kafka's default, which a default
+    # broker's message.max.bytes (1 MB) matches. Raise both together.
+    max_request_size: Annotated[int, Field(ge=64 * 1024, le=128 * 1024 * 1024)] = 1_048_576
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:

@@ -2,7 +2,8 @@
 
 Every failure record router writes carries the whole invocation event: `payload` for stream
 batches, `requestPayload` for asynchronous events. Replay reads those records back (an S3 prefix
-or a Kafka topic, from its beginning to its current end), invokes the function named in the record
+or a Kafka topic, from its beginning to its current end, or the local dead letter of records a
+destination could not take), invokes the function named in the record
 (or `--function`) in a real worker, and prints one line per record with its outcome. Nothing is
 deleted or committed: replay is safe to repeat, and `--dry-run` only lists.
 """
@@ -15,6 +16,7 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,7 +27,9 @@ from router.config import Config, ConfigError, load_config
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "replay", help="re-invoke the payloads stored in on-failure records")
-    parser.add_argument("destination", metavar="DESTINATION_URI", help="s3://BUCKET/PREFIX or kafka://TOPIC")
+    parser.add_argument("destination", metavar="DESTINATION_URI",
+                        help="s3://BUCKET/PREFIX, kafka://TOPIC, or dead-letter://on-failure for the records a "
+                             "destination could not take")
     parser.add_argument("--function", default=None, help="invoke this function instead of the recorded one")
     parser.add_argument("--dry-run", action="store_true", help="list what would be replayed")
     add_config_argument(parser)
@@ -112,13 +116,25 @@ async def _read_kafka(config: Config, topic: str) -> AsyncIterator[tuple[str, by
         await consumer.stop()
 
 
+async def _read_dead_letter(config: Config, source: str) -> AsyncIterator[tuple[str, bytes]]:
+    """Records a destination could not take, kept whole under `<state_dir>/dead-letter/<source>/`
+    (destination_fallback), oldest first."""
+    folder = Path(config.state_dir) / "dead-letter" / source
+    if not folder.is_dir():
+        raise ConfigError([f"dead-letter://{source}: no such folder {folder}"])
+    for path in sorted(folder.glob("*.payload"), key=lambda p: (p.stat().st_mtime, p.name)):
+        yield f"dead-letter/{source}/{path.name}", path.read_bytes()
+
+
 def _records(config: Config, uri: str) -> AsyncIterator[tuple[str, bytes]]:
     parts = urlsplit(uri)
+    if parts.scheme == "dead-letter":
+        return _read_dead_letter(config, parts.netloc or "on-failure")
     if parts.scheme == "s3":
         return _read_s3(config, parts.netloc, parts.path.lstrip("/"))
     if parts.scheme == "kafka":
         return _read_kafka(config, parts.netloc)
-    raise ConfigError([f"{uri}: replay reads s3://BUCKET/PREFIX or kafka://TOPIC"])
+    raise ConfigError([f"{uri}: replay reads s3://BUCKET/PREFIX, kafka://TOPIC or dead-letter://on-failure"])
 
 
 async def replay(config: Config, uri: str, function: str | None, dry_run: bool) -> int:

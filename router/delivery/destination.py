@@ -24,11 +24,19 @@ T = TypeVar("T")
 
 
 class DestinationError(Exception):
-    """The record was not written; retry later."""
+    """The record was not written. Retry later, unless `permanent`: the destination refused this
+    record for what it is (too large, a topic that cannot exist, access denied), so sending it
+    again as it is cannot succeed."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Destination(Protocol):
     uri: str
+    # The largest encoded record (`encode_record`) the destination takes; None when unbounded.
+    max_record_bytes: int | None
 
     async def send(self, record: Mapping[str, Any], *, key: str) -> None:
         """Write one JSON record. `key` is the object key below the S3 prefix and the Kafka message
@@ -73,7 +81,8 @@ class SharedConnection(Generic[C]):
 
     Sharing matters: all mqtt:// destinations must use one MQTT connection (one client id), and
     one Kafka producer serves every kafka:// topic. A failed operation closes the client it used
-    (not a newer one another task already opened) so the next send reconnects. Every step is
+    (not a newer one another task already opened) so the next send reconnects, unless `permanent`
+    says the failure was the record's own. Every step is
     bounded by `timeout`: a send to a broker that is down fails promptly instead of hanging.
     """
 
@@ -84,10 +93,12 @@ class SharedConnection(Generic[C]):
         disconnect: Callable[[C], Awaitable[None]],
         *,
         timeout: float,
+        permanent: Callable[[BaseException], bool] = lambda exc: False,
         metrics: Metrics | None = None,
         log: Any = None,
     ) -> None:
         self.name = name
+        self._permanent = permanent
         self._connect = connect
         self._disconnect = disconnect
         self.timeout = timeout
@@ -103,6 +114,8 @@ class SharedConnection(Generic[C]):
         try:
             return await asyncio.wait_for(op(client), self.timeout)
         except Exception as exc:
+            if self._permanent(exc):  # the client is fine; the record is what was refused
+                raise DestinationError(f"{what}: {_describe(exc)}", permanent=True) from exc
             await self._drop(client)
             raise DestinationError(f"{what}: {_describe(exc)}") from exc
 

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 import structlog
 
 from router.config import Config
+from router.delivery.dead_letter import DeadLetter
 from router.delivery.destination import Destination, SharedConnection
+from router.delivery.destination_fallback import FallbackDestination
 from router.observability.metrics import Metrics
 
 
@@ -23,9 +25,12 @@ class DestinationFactory:
     and connect on first use, so a configured but unused destination never needs its broker."""
 
     def __init__(
-        self, config: Config, *, metrics: Metrics | None = None, log: Any = None, timeout: float = 10.0
+        self, config: Config, *, metrics: Metrics | None = None, log: Any = None, timeout: float = 10.0,
+        dead_letter: DeadLetter | None = None,
     ) -> None:
         self._config = config
+        # With it, every destination keeps what it can never take there (destination_fallback).
+        self._dead_letter = dead_letter
         self._metrics = metrics
         self._log = log or structlog.get_logger("router.destinations")
         self._timeout = timeout
@@ -44,7 +49,10 @@ class DestinationFactory:
             from router.delivery.kafka_destination import KafkaDestination, kafka_connection
 
             topic = f"{name}/{path}" if path else name
-            destination = KafkaDestination(uri, topic, self._connection("kafka", kafka_connection))
+            destination = KafkaDestination(
+                uri, topic, self._connection("kafka", kafka_connection),
+                max_request_size=self._config.kafka.max_request_size if self._config.kafka else 1_048_576,
+            )
         elif parts.scheme == "s3":
             from router.delivery.s3_destination import S3Destination, s3_connection
 
@@ -56,6 +64,8 @@ class DestinationFactory:
             destination = MqttDestination(uri, topic, self._connection("mqtt", mqtt_connection))
         else:
             raise ValueError(f"{uri}: not a kafka://, s3:// or mqtt:// destination")
+        if self._dead_letter is not None:
+            destination = FallbackDestination(destination, self._dead_letter, log=self._log)
         self._destinations[uri] = destination
         return destination
 

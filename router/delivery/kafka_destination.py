@@ -10,14 +10,28 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
 
 from router.config import Config, KafkaConfig
 from router.delivery.destination import DestinationError, SharedConnection, encode_record
 from router.kafka_client import client_options
 from router.observability.metrics import Metrics
 
-# Lambda's largest asynchronous payload is 1 MB; a record carries it plus the response.
-MAX_RECORD_BYTES = 8 * 1024 * 1024
+# What the producer adds to key and value when it sizes a record against max_request_size.
+_RECORD_OVERHEAD = 512
+# Errors the broker (or the producer, for size) gives for the record itself, whatever the retry.
+_PERMANENT = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, InvalidTopicError,
+              TopicAuthorizationFailedError)
+
+
+def permanent(exc: BaseException) -> bool:
+    return isinstance(exc, _PERMANENT)
 
 
 def producer_options(kafka: KafkaConfig, *, timeout: float) -> dict[str, Any]:
@@ -28,7 +42,7 @@ def producer_options(kafka: KafkaConfig, *, timeout: float) -> dict[str, Any]:
         "acks": "all",
         "request_timeout_ms": max(int(timeout * 1000), 1000),
         "retry_backoff_ms": 200,
-        "max_request_size": MAX_RECORD_BYTES,
+        "max_request_size": kafka.max_request_size,
     }
 
 
@@ -52,15 +66,19 @@ def kafka_connection(
         await producer.stop()
 
     return SharedConnection(
-        "kafka-destination", connect, disconnect, timeout=timeout, metrics=metrics, log=log
+        "kafka-destination", connect, disconnect, timeout=timeout, permanent=permanent, metrics=metrics, log=log
     )
 
 
 class KafkaDestination:
-    def __init__(self, uri: str, topic: str, connection: SharedConnection[AIOKafkaProducer]) -> None:
+    def __init__(
+        self, uri: str, topic: str, connection: SharedConnection[AIOKafkaProducer], *, max_request_size: int,
+    ) -> None:
         self.uri = uri
         self.topic = topic
         self._connection = connection
+        # Keys are short (an S3-style object key); the rest of the request is the value.
+        self.max_record_bytes: int | None = max_request_size - _RECORD_OVERHEAD - 256
 
     async def send(self, record: Mapping[str, Any], *, key: str) -> None:
         value = encode_record(record)

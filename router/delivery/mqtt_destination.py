@@ -58,6 +58,8 @@ class MqttDestination:
         self.uri = uri
         self.topic = topic
         self._connection = connection
+        # MQTT's largest packet (a 4-byte remaining length), less the PUBLISH header.
+        self.max_record_bytes: int | None = 268_435_455 - len(topic.encode()) - 8
 
     async def send(self, record: Mapping[str, Any], *, key: str) -> None:
         payload = encode_record(record)

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiobotocore.session import get_session
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 
 from router.config import Config
 from router.delivery.destination import DestinationError, SharedConnection, encode_record
@@ -25,6 +26,20 @@ class _S3Client:
     def __init__(self, client: Any, stack: contextlib.AsyncExitStack) -> None:
         self.client = client
         self.stack = stack
+
+
+# Answers about the request itself (no such bucket, access denied, a malformed key, too large);
+# these codes are the exceptions that a later attempt can cure.
+_PERMANENT_STATUS = frozenset({400, 403, 404, 405, 411, 413, 414})
+_TRANSIENT_CODES = frozenset({"RequestTimeout", "RequestTimeTooSkewed", "ExpiredToken", "SlowDown"})
+
+
+def permanent(exc: BaseException) -> bool:
+    if not isinstance(exc, ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = exc.response.get("Error", {}).get("Code")
+    return status in _PERMANENT_STATUS and code not in _TRANSIENT_CODES
 
 
 def s3_connection(
@@ -57,7 +72,8 @@ def s3_connection(
     async def disconnect(holder: _S3Client) -> None:
         await holder.stack.aclose()
 
-    return SharedConnection("s3-destination", connect, disconnect, timeout=timeout, metrics=metrics, log=log)
+    return SharedConnection("s3-destination", connect, disconnect, timeout=timeout, permanent=permanent,
+                            metrics=metrics, log=log)
 
 
 def object_key(prefix: str, key: str) -> str:
@@ -73,6 +89,7 @@ class S3Destination:
         self.bucket = bucket
         self.prefix = prefix
         self._connection = connection
+        self.max_record_bytes: int | None = None  # a PutObject takes 5 GB
 
     async def send(self, record: Mapping[str, Any], *, key: str) -> None:
         body = encode_record(record)

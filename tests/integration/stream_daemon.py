@@ -127,6 +127,7 @@ async def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 1
 
 async def _serve(config_path: str, name: str) -> int:
     from router.config import load_config_data
+    from router.delivery.dead_letter import DeadLetter
     from router.delivery.destinations import DestinationFactory
     from router.observability.logging import configure_logging
     from router.observability.metrics import Metrics
@@ -141,7 +142,8 @@ async def _serve(config_path: str, name: str) -> int:
     metrics = Metrics()
     board = ProgressBoard(config.stall_timeout_seconds)
     pool = WorkerPool(config, metrics=metrics)
-    destinations = DestinationFactory(config, metrics=metrics)
+    destinations = DestinationFactory(config, metrics=metrics,
+                                      dead_letter=DeadLetter(Path(config.state_dir) / "dead-letter"))
     target = mapping.destination_config.on_failure
     on_failure = destinations.get(target.destination) if target else None
     runner = StreamMappingRunner(name, mapping, config, pool, on_failure, metrics, board)

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -18,7 +19,8 @@ from gate_support import Gate
 
 from router.config import Config, load_config_data
 from router.delivery.async_record import Condition, async_destination_record
-from router.delivery.destination import DestinationError, async_record_key
+from router.delivery.dead_letter import DeadLetter
+from router.delivery.destination import DestinationError, async_record_key, encode_record
 from router.delivery.destinations import DestinationFactory
 from router.devstack import Mosquitto, SeaweedFS, Tansu, free_port
 from router.observability.metrics import Metrics
@@ -169,3 +171,87 @@ async def test_s3_destination_reconnects_after_the_endpoint_comes_back(seaweedfs
         await factory.close()
     assert (await read_object(seaweedfs, bucket, f"{prefix}after"))["requestPayload"]["Records"][0]["s3"]["object"][
         "key"] == "uploads/photo+3.jpg"
+
+
+# -- records a destination can never take (issue 19 item 3) ---------------------------------------
+
+
+async def _first_value(bootstrap: str, name: str) -> tuple[bytes | None, dict[str, Any]]:
+    consumer = AIOKafkaConsumer(name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        message = await asyncio.wait_for(consumer.getone(), 20)
+    finally:
+        await consumer.stop()
+    assert message.value is not None
+    return message.key, json.loads(message.value)
+
+
+async def test_a_record_larger_than_kafka_takes_goes_without_its_payload_and_is_kept_whole(
+    kafka: Tansu, topic: Any, tmp_path: Path,
+) -> None:
+    name = topic()
+    data = {"kafka": {"bootstrap_servers": kafka.bootstrap_servers, "max_request_size": 65536}}
+    record = a_record(3)
+    record["requestPayload"]["Records"][0]["blob"] = "b" * 200_000  # a 200 KB event, as a stream batch's
+    plain = DestinationFactory(load_config_data(data), timeout=10)
+    try:  # the producer refuses it before sending: permanent, however often it is retried
+        with pytest.raises(DestinationError) as refused:
+            await plain.get(f"kafka://{name}").send(record, key="k")
+        assert refused.value.permanent
+    finally:
+        await plain.close()
+    dead_letter = DeadLetter(tmp_path / "dead-letter")
+    factory = DestinationFactory(load_config_data(data), timeout=10, dead_letter=dead_letter)
+    try:
+        await factory.get(f"kafka://{name}").send(record, key="aws/lambda/big")
+    finally:
+        await factory.close()
+    key, sent = await _first_value(kafka.bootstrap_servers, name)
+    assert key == b"aws/lambda/big"
+    assert "requestPayload" not in sent and "responsePayload" not in sent
+    assert sent["requestContext"] == record["requestContext"]  # still Lambda's record, minus payloads
+    omitted = sent["payloadOmitted"]
+    assert omitted["size"] == len(encode_record(record)) and "65536" not in omitted["reason"]
+    assert f"kafka://{name}" in omitted["reason"]
+    kept = tmp_path / "dead-letter" / omitted["deadLetter"]
+    assert json.loads(kept.read_bytes()) == record  # the whole record, payload and all
+    meta = json.loads(kept.with_suffix(".json").read_text())
+    assert meta["source"] == "on-failure" and meta["topic"] == f"kafka://{name}"
+
+
+async def test_a_permanent_refusal_is_dead_lettered_and_a_transient_one_is_raised(
+    seaweedfs: SeaweedFS, tmp_path: Path,
+) -> None:
+    # Credentials the store rejects: 403 on every attempt until an operator changes the config.
+    config = load_config_data({"s3": {"endpoint_url": seaweedfs.s3_endpoint, "access_key_id": SeaweedFS.access_key,
+                                      "secret_access_key": "not-the-secret"}})
+    bucket, prefix = new_prefix(seaweedfs)
+    missing = f"s3://{bucket}/{prefix}failed/"
+    record = a_record(4)
+    plain = DestinationFactory(config, timeout=5)
+    try:
+        with pytest.raises(DestinationError) as refused:
+            await plain.get(missing).send(record, key="k1")
+        assert refused.value.permanent and "SignatureDoesNotMatch" in str(refused.value)
+    finally:
+        await plain.close()
+    dead_letter = DeadLetter(tmp_path / "dead-letter")
+    factory = DestinationFactory(config, timeout=5, dead_letter=dead_letter)
+    try:
+        await factory.get(missing).send(record, key="k1")  # returns: kept, not retried for ever
+    finally:
+        await factory.close()
+    [kept] = (tmp_path / "dead-letter" / "on-failure").glob("*.payload")
+    assert json.loads(kept.read_bytes()) == record
+    assert "SignatureDoesNotMatch" in json.loads(kept.with_suffix(".json").read_text())["reason"]
+    dead = free_port()
+    down = DestinationFactory(config_for(s3_endpoint=f"http://127.0.0.1:{dead}"), timeout=2, dead_letter=dead_letter)
+    try:  # a store that is down is the caller's to retry: raised, nothing dead-lettered
+        with pytest.raises(DestinationError) as transient:
+            await down.get("s3://bucket/prefix/").send(a_record(5), key="k2")
+        assert not transient.value.permanent
+    finally:
+        await down.close()
+    assert len(list((tmp_path / "dead-letter" / "on-failure").glob("*.payload"))) == 1

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 from stream_daemon import calls, committed, config_data, delivered, group_of, produce, read_topic, wait_until
 
+from router.commands.replay import replay
 from router.config import Config, load_config_data
+from router.delivery.dead_letter import DeadLetter
 from router.delivery.destinations import DestinationFactory
 from router.devstack import Tansu
 from router.observability.metrics import Metrics
@@ -47,7 +49,7 @@ async def running(data: dict[str, Any], name: str = "clicks") -> AsyncIterator[R
     config = load_config_data(data, {})
     metrics, board = Metrics(), ProgressBoard(300)
     pool = WorkerPool(config, metrics=metrics)
-    destinations = DestinationFactory(config, metrics=metrics)
+    destinations = DestinationFactory(config, metrics=metrics, dead_letter=DeadLetter(config.state_dir / "dead-letter"))
     mapping = config.stream_mappings()[name]
     target = mapping.destination_config.on_failure
     runner = StreamMappingRunner(name, mapping, config, pool, destinations.get(target.destination) if target else None,
@@ -147,6 +149,38 @@ async def test_bad_records_never_stop_the_shard(kafka: Tansu, topic: Callable[..
     assert record["requestContext"]["approximateInvokeCount"] == 0
     assert record["KinesisBatchInfo"]["startSequenceNumber"] == "3" and record["KinesisBatchInfo"]["batchSize"] == 1
     assert "responseContext" not in record
+
+
+async def test_a_failure_record_too_large_for_kafka_is_sent_without_payload_and_kept_for_replay(
+        kafka: Tansu, topic: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Six 300 KB records failing together: a 2.4 MB failure record, past a default broker's 1 MB. It
+    # used to be retried for ever (the producer refuses it each time), and the shard never moved.
+    name, failed = topic(partitions=1), topic(partitions=1)
+    values = [f"big-{i}-".encode() + b"z" * 300_000 for i in range(6)]
+    await produce(kafka.bootstrap_servers, name, [(b"k", v, 0) for v in values], max_request_size=8 * 1024 * 1024)
+    data = config_data(kafka.bootstrap_servers, name, tmp_path, env={"MODE": "fail"},
+                       on_failure=f"kafka://{failed}",
+                       mapping={"batch_size": 6, "maximum_retry_attempts": 0, "maximum_batching_window_in_seconds": 1})
+    async with running(data):
+        await wait_committed(kafka, name, {0: 6}, timeout=30)  # the shard moved on
+        [record] = await read_topic(kafka.bootstrap_servers, failed, 1)
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["KinesisBatchInfo"]["batchSize"] == 6
+    assert "payload" not in record
+    omitted = record["payloadOmitted"]
+    assert omitted["size"] > 2_400_000 and f"kafka://{failed}" in omitted["reason"]
+    kept = json.loads((tmp_path / "state" / "dead-letter" / omitted["deadLetter"]).read_bytes())
+    assert kept["KinesisBatchInfo"] == record["KinesisBatchInfo"]
+    assert [base64.b64decode(r["kinesis"]["data"]) for r in kept["payload"]["Records"]] == values
+    # `router replay` reads the dead letter as it reads any destination, and invokes the batch again.
+    invocations = len(calls(tmp_path))
+    config = load_config_data(data, {})
+    assert await replay(config, "dead-letter://on-failure", None, dry_run=True) == 0
+    assert await replay(config, "dead-letter://on-failure", None, dry_run=False) == 1  # still poisoned
+    out = [x.split("\t") for x in capsys.readouterr().out.splitlines() if x.startswith("dead-letter/")]
+    assert [x[1] for x in out] == ["would invoke recorder", "failed"]
+    assert len(calls(tmp_path)) == invocations + 1
+    assert calls(tmp_path)[-1]["seqs"] == [str(i) for i in range(6)]
 
 
 async def test_poison_record_with_bisect_goes_to_kafka_destination(

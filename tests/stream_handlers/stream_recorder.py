@@ -6,6 +6,7 @@ count invocations and see exactly what each batch held (sequence numbers, keys, 
 MODE (default "ok"):
   ok      return None (full success)
   poison  raise ValueError when any record's data equals POISON
+  fail    raise ValueError for every batch
   items   ReportBatchItemFailures: every record whose data starts with b"fail" is reported failed
   return  return the JSON in RESPONSE as is
 SLEEP: seconds to sleep per batch (after recording), to hold a batch in flight.
@@ -43,7 +44,7 @@ def handler(event: dict[str, Any], context: Any) -> Any:
         os.close(fd)
     time.sleep(float(os.environ.get("SLEEP", "0")))
     mode = os.environ.get("MODE", "ok")
-    if mode == "poison" and os.environ.get("POISON", "").encode() in raw:
+    if (mode == "poison" and os.environ.get("POISON", "").encode() in raw) or mode == "fail":
         raise ValueError("poison record")
     if mode == "items":
         return {"batchItemFailures": [

@@ -216,3 +216,18 @@ def test_app_event_mapping_bounds_are_worded_as_a_range() -> None:
         load_config_data({"functions": {"f": {"handler": "a.b"}}, "mqtt": {},
                           "event_source_mappings": {"m": {"function_name": "f", "mqtt_topic": "a/#", "batch_size": 0}}})
     assert err.value.problems == ["event_source_mappings.m.batch_size: must be between 1 and 10000"]
+
+
+def test_function_environment_follows_lambdas_limits() -> None:
+    def env(variables: dict[str, str]) -> list[str]:
+        return _problems({"functions": {"f": _fn(environment={"variables": variables})}})
+
+    config = load_config_data({"functions": {"f": _fn(environment={"variables": {"BIG": "v" * 4093}})}}, {})
+    assert len(config.functions["f"].environment.variables["BIG"]) == 4093  # 4096 bytes: just fits
+    assert env({"BIG": "v" * 4094}) == [
+        "functions.f.environment: the variables take 4097 bytes, over Lambda's 4096-byte limit"
+    ]
+    assert env({"bad-name": "x"}) == [
+        "functions.f.environment: 'bad-name' is not a variable name Lambda accepts "
+        "(a letter, then letters, digits and underscores)"
+    ]

@@ -45,6 +45,7 @@ from router.lambda_api.registry import FileRegistry, KafkaRegistry, Registry
 from router.observability.http import AdminEndpoints, start_http
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
+from router.observability.readiness import configured_paths, readiness
 from router.observability.sdnotify import SystemdNotifier, watchdog_loop
 from router.reload import plan_reload
 from router.routes.handler import HttpRoutes
@@ -117,6 +118,7 @@ class Router:
             "event_invokes": self.supervisor.invoke_status(),
             "brokers": brokers,
             "functions": self.pool.status(),
+            "paths": readiness(self.board, configured_paths(self.supervisor.config), detail=True),
             "problems": self.board.problems(),
         }
 
@@ -189,6 +191,7 @@ async def start(app: Router) -> None:
     http_app = web.Application(client_max_size=config.http.max_body_bytes + 1024)
     AdminEndpoints(
         board=app.board, metrics=app.metrics, status=app.status, liveness=app.alive,
+        paths=lambda: configured_paths(app.supervisor.config),
         admin_token=config.http.admin_token, require_token=not config.http.is_loopback,
     ).register(http_app)
     app.webhooks.register(http_app)
@@ -199,7 +202,7 @@ async def start(app: Router) -> None:
     try:
         # The port is taken first: a daemon that cannot serve health checks must not start consuming.
         try:
-            app.http_runner = runner = await start_http(http_app, config.http.host, config.http.port)
+            app.http_runner = runner = await start_http(http_app, config.http)
         except OSError as exc:
             raise StartupError(f"http.listen {config.http.listen}: {exc.strerror or exc}") from None
         started.append(("http", runner.cleanup))

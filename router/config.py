@@ -154,6 +154,21 @@ class HttpConfig(_Model):
     webhook_token: SecretStr | None = None
     admin_token: SecretStr | None = None
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    # Listener limits (observability/http_limits.py): a request head must arrive within
+    # header_timeout_seconds, idle keep-alive connections close after keepalive_timeout_seconds
+    # (keep it above a load balancer's idle timeout), at most max_connections are open.
+    header_timeout_seconds: Annotated[float, Field(ge=0.5, le=300)] = 10.0
+    keepalive_timeout_seconds: Annotated[float, Field(ge=0.5, le=3600)] = 15.0
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # TLS on the listener itself (PEM files); without them serve plain HTTP behind a proxy.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        return self
 
     @field_validator("listen")
     @classmethod

@@ -195,7 +195,7 @@ def _router_config(manifests: dict[str, dict[str, Any]], container: dict[str, An
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_manifests_validate_against_the_api_schema(version: str, manifests: dict[str, dict[str, Any]]) -> None:
     core = {k: v for k, v in manifests.items() if k not in ("Kustomization", "ScaledObject")}
-    assert set(core) == {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget"}
+    assert set(core) == {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
     for kind, doc in core.items():
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -272,6 +272,19 @@ def test_service_pdb_and_labels_line_up(manifests: dict[str, dict[str, Any]], co
     [port] = service["spec"]["ports"]
     assert str(port["port"]) == annotations["prometheus.io/port"] and port["targetPort"] == "http"
     assert pdb["spec"]["minAvailable"] < manifests["Deployment"]["spec"]["replicas"]
+
+
+def test_network_policy_opens_the_http_port_and_the_brokers_only(manifests: dict[str, dict[str, Any]]) -> None:
+    policy = manifests["NetworkPolicy"]["spec"]
+    labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    [ingress] = policy["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]  # the named containerPort
+    assert "http" in {p["name"] for p in manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    assert {53, 9092, 1883, 9000} <= egress_ports
+    assert "networkpolicy.yaml" in manifests["Kustomization"]["resources"]
 
 
 def test_kustomization_never_applies_the_example_secret(manifests: dict[str, dict[str, Any]]) -> None:

@@ -34,6 +34,8 @@ from router.lambda_api.mappings import EventSourceMappings
 from router.lambda_api.reconciler import Reconciler
 from router.lambda_api.registry import Registry
 from router.lambda_api.sigv4 import SigV4Verifier
+from router.observability.host_check import is_loopback_host
+from router.observability.log_limit import LogLimiter
 from router.runtime.pool import WorkerPool
 from router.supervisor import MappingSupervisor
 
@@ -59,6 +61,7 @@ class LambdaApi:
         self.mappings = EventSourceMappings(reconciler=reconciler, registry=registry, supervisor=supervisor,
                                             started=started, clock=clock)
         self._log = structlog.get_logger("router.lambda_api")
+        self._refusals = LogLimiter(self._log)  # refused requests: whoever sends them sets the rate
 
     def set_config(self, config: Config) -> None:
         """A reload changed the functions (mappings read the reconciler's config themselves)."""
@@ -100,6 +103,10 @@ class LambdaApi:
                     raise LambdaApiError(413, "RequestTooLargeException",
                                          f"Request must be smaller than {limit - 1 if name == 'Invoke' else limit} "
                                          f"bytes for the {name} operation")
+                if self._verifier is None and not is_loopback_host(request.host):
+                    # Unsigned is allowed on loopback only; a foreign Host there is DNS rebinding.
+                    raise LambdaApiError(403, "AccessDeniedException",
+                                         "Unsigned requests are accepted only when addressed to localhost.")
                 if self._verifier is not None:
                     access_key = self._verifier.verify(method=request.method, raw_path=request.rel_url.raw_path,
                                                        raw_query=request.rel_url.raw_query_string,
@@ -113,11 +120,12 @@ class LambdaApi:
                                     error_type=type(exc).__name__)
                 error = LambdaApiError(500, "ServiceException", "The service encountered an internal error.")
                 response, code = error.response(request_id), error.code
-            self._log.info("lambda_api.request", operation=name, method=request.method, status=response.status,
-                           error_code=code, duration_ms=round((time.monotonic() - started) * 1000, 2),
-                           request_id=response.headers.get("x-amzn-RequestId", request_id),
-                           access_key_id=access_key, function=request.match_info.get("name"),
-                           mapping=request.match_info.get("uuid"))
+            log = self._refusals.warning if response.status in (401, 403) else self._log.info
+            log("lambda_api.request", operation=name, method=request.method, status=response.status,
+                error_code=code, duration_ms=round((time.monotonic() - started) * 1000, 2),
+                request_id=response.headers.get("x-amzn-RequestId", request_id),
+                access_key_id=access_key, function=request.match_info.get("name"),
+                mapping=request.match_info.get("uuid"))
             return response
 
         return handle

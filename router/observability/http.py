@@ -50,6 +50,7 @@ import contextlib
 import errno
 import hmac
 import json
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -59,8 +60,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
+from router.config import HttpConfig
+from router.observability.host_check import is_loopback_host
+from router.observability.http_limits import LimitedSite
+from router.observability.log_limit import LogLimiter
+from router.observability.logging import redact
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
+from router.observability.readiness import is_ready, readiness
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -133,6 +140,7 @@ class AdminEndpoints:
         metrics: Metrics,
         status: Callable[[], dict[str, Any]],
         liveness: Callable[[], bool],
+        paths: Callable[[], set[str]] = set,
         admin_token: SecretStr | None,
         require_token: bool,
         log: Any = None,
@@ -143,10 +151,12 @@ class AdminEndpoints:
         self.metrics = metrics
         self.status = status
         self.liveness = liveness
+        self.paths = paths
         self.require_token = require_token
         self.max_loop_lag = max_loop_lag
         self.probe = lag_probe or LoopLagProbe()
         self.log = log if log is not None else structlog.get_logger("router.http")
+        self.refusals = LogLimiter(self.log)
         self._token = admin_token.get_secret_value().encode() if admin_token is not None else None
         if require_token and not self._token:
             # Config validation refuses this; if it happens anyway, fail closed rather than open.
@@ -177,12 +187,18 @@ class AdminEndpoints:
         scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(credentials.strip().encode(), self._token)
+        # Header bytes that are not UTF-8 reach us as surrogate escapes: a wrong token, not a 500.
+        return hmac.compare_digest(credentials.strip().encode("utf-8", "replace"), self._token)
 
     def _guarded(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
+            if not self.require_token and not is_loopback_host(request.host):
+                self.refusals.warning("http.foreign_host", path=request.path, remote=request.remote)
+                return web.json_response(
+                    {"status": "forbidden", "detail": "on a loopback listener, address it as localhost or 127.0.0.1"},
+                    status=403)
             if not self.authorized(request):
-                self.log.warning("http.unauthorized", path=request.path, remote=request.remote)
+                self.refusals.warning("http.unauthorized", path=request.path, remote=request.remote)
                 return web.json_response(
                     {"status": "unauthorized", "detail": "send Authorization: Bearer <http.admin_token>"},
                     status=401, headers={"WWW-Authenticate": 'Bearer realm="router"'},
@@ -213,17 +229,21 @@ class AdminEndpoints:
             return False
 
     async def readyz(self, request: web.Request) -> web.Response:
-        problems = self.board.problems()
-        ready = not problems
+        """Per path (observability/readiness.py): unready only when no configured path can serve.
+        Open to anyone, so it names paths and trackers, never error text."""
+        by_path = readiness(self.board, self.paths(), detail=False)
+        ready = is_ready(by_path)
         if ready != self._last_ready:  # log the transition once, not once per probe
             if ready:
                 self.log.info("router.ready")
             else:
-                self.log.warning("router.unready", problems=problems)
+                self.log.warning("router.unready", problems=self.board.problems())
             self._last_ready = ready
-        if ready:
-            return web.json_response({"status": "ready"}, dumps=_dumps)
-        return web.json_response({"status": "unready", "problems": problems}, status=503, dumps=_dumps)
+        body: dict[str, Any] = {"status": "ready" if ready else "unready",
+                                "paths": {p: "ready" if r["ready"] else "unready" for p, r in by_path.items()}}
+        if not ready:
+            body["problems"] = sorted({problem for r in by_path.values() for problem in r["problems"]})
+        return web.json_response(body, status=200 if ready else 503, dumps=_dumps)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.render())
@@ -238,14 +258,33 @@ class AdminEndpoints:
             return web.json_response(
                 {"status": "error", "error_type": type(exc).__name__}, status=500, dumps=_dumps
             )
-        return web.json_response(document, dumps=_dumps)
+        # Handlers' error text and broker details pass the same redactor as log lines.
+        return web.json_response(redact(document), dumps=_dumps)
 
 
-async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Serve `app` on host:port; raises HttpBindError (an OSError) naming the address when taken."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+def _ssl_context(http: HttpConfig) -> ssl.SSLContext | None:
+    if http.ssl_certfile is None or http.ssl_keyfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(http.ssl_certfile, http.ssl_keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise HttpBindError(errno.EINVAL, f"cannot load http.ssl_certfile/ssl_keyfile ({exc})", http.listen) from None
+    return context
+
+
+async def start_http(app: web.Application, http: HttpConfig, log: Any = None) -> web.AppRunner:
+    """Serve `app` on http.listen with its limits (http_limits.py) and TLS if configured; raises
+    HttpBindError (an OSError) naming the address when it cannot."""
+    context = _ssl_context(http)
+    refusals = LogLimiter(log if log is not None else structlog.get_logger("router.http"))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           keepalive_timeout=http.keepalive_timeout_seconds)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    host, port = http.host, http.port
+    site = LimitedSite(runner, host, port, reuse_address=True, ssl_context=context,
+                       max_connections=http.max_connections, header_timeout=http.header_timeout_seconds,
+                       on_refused=lambda event, remote: refusals.warning(event, remote=remote))
     try:
         await site.start()
     except OSError as exc:

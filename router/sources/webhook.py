@@ -25,6 +25,7 @@ from aiohttp import web
 
 from router.config import Config
 from router.events.s3 import Store
+from router.observability.log_limit import LogLimiter
 from router.observability.metrics import Metrics
 from router.sources.bucket_notifications import NotificationRouter
 
@@ -45,6 +46,7 @@ class WebhookReceiver:
         self._router = router
         self._metrics = metrics
         self._log = log or structlog.get_logger("router.webhook")
+        self._refusals = LogLimiter(self._log)  # refused pushes: the sender sets their rate
 
     def register(self, app: web.Application) -> None:
         routes: tuple[tuple[str, Store], ...] = ((S3_PATH, "auto"), (SEAWEEDFS_PATH, "seaweedfs"))
@@ -86,7 +88,7 @@ class WebhookReceiver:
             return web.json_response({"accepted": 0, "note": "empty body: connectivity check"})
         if not self._authorized(request):
             self._count(source, "unauthorized")
-            self._log.warning("webhook.unauthorized", path=request.path, remote=request.remote,
+            self._refusals.warning("webhook.unauthorized", path=request.path, remote=request.remote,
                               authorization="missing" if "Authorization" not in request.headers else "wrong")
             return web.json_response({"error": "unauthorized"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="router"'})
@@ -94,7 +96,7 @@ class WebhookReceiver:
             body = await self._read(request)
         except _TooLarge:
             self._count(source, "too_large")
-            self._log.warning("webhook.too_large", path=request.path, remote=request.remote,
+            self._refusals.warning("webhook.too_large", path=request.path, remote=request.remote,
                               content_length=request.content_length, limit=self._max_body)
             return web.json_response({"error": f"body over {self._max_body} bytes"}, status=413)
         if not body:

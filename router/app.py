@@ -39,6 +39,7 @@ from router.delivery.async_queue import AsyncQueue
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.destinations import DestinationFactory
 from router.delivery.event_batcher import EventBatcher
+from router.drain_budget import FINISH_SECONDS, DrainBudget
 from router.lambda_api.api import LambdaApi
 from router.lambda_api.reconciler import Reconciler
 from router.lambda_api.registry import FileRegistry, KafkaRegistry, Registry
@@ -50,7 +51,7 @@ from router.observability.sdnotify import SystemdNotifier, watchdog_loop
 from router.reload import plan_reload
 from router.routes.handler import HttpRoutes
 from router.runtime import containment
-from router.runtime.pool import WorkerPool
+from router.runtime.pool import CLOSE_GRACE_SECONDS, WorkerPool
 from router.sources.app_events import AppEventRouter
 from router.sources.bucket_notifications import NotificationRouter
 from router.sources.mqtt import MqttNotificationSource
@@ -202,7 +203,8 @@ async def start(app: Router) -> None:
     try:
         # The port is taken first: a daemon that cannot serve health checks must not start consuming.
         try:
-            app.http_runner = runner = await start_http(http_app, config.http)
+            app.http_runner = runner = await start_http(http_app, config.http,
+                                                        shutdown_timeout=config.shutdown_timeout_seconds)
         except OSError as exc:
             raise StartupError(f"http.listen {config.http.listen}: {exc.strerror or exc}") from None
         started.append(("http", runner.cleanup))
@@ -227,8 +229,8 @@ async def start(app: Router) -> None:
         await app.reconciler.start()
     except BaseException:
         for name, undo in reversed(started):
-            await _quietly(name, undo())
-        await _quietly("destinations", app.destinations.close())
+            await _quietly(name, undo(), None)
+        await _quietly("destinations", app.destinations.close(), None)
         raise
     app.started = True
     log.info(
@@ -253,27 +255,33 @@ def tune_garbage_collector() -> None:
 
 
 async def stop(app: Router) -> None:
-    """Drain: stop taking new work, let in-flight work finish (bounded), checkpoint, stop workers."""
-    timeout = app.config.shutdown_timeout_seconds
-    await _quietly("reconciler", app.reconciler.stop())
-    await _quietly("mqtt", app.supervisor.stop_intake())
+    """Drain: stop taking new work, let in-flight work finish within one budget (drain_budget.py),
+    checkpoint, stop workers."""
+    budget = DrainBudget(app.config.shutdown_timeout_seconds)
+    await _quietly("reconciler", app.reconciler.stop(), budget.remaining(FINISH_SECONDS))
+    await _quietly("mqtt", app.supervisor.stop_intake(), budget.remaining(FINISH_SECONDS))
+    # In-flight work, side by side against the same deadline (the HTTP runner's own shutdown
+    # timeout is the same budget, set when it started).
+    in_flight = [_quietly("streams", app.supervisor.stop_streams(budget.remaining()), None),
+                 _quietly("async-invoker", app.invoker.stop(budget.remaining()), None)]
     if app.http_runner is not None:
-        await _quietly("http", app.http_runner.cleanup())
-    await _quietly("streams", app.supervisor.stop_streams(timeout))
-    await _quietly("event-batcher", app.batcher.stop())
-    await _quietly("async-invoker", app.invoker.stop(timeout))
-    await _quietly("async-queue", app.queue.close())
-    await _quietly("pool", app.pool.close())
+        in_flight.append(_quietly("http", app.http_runner.cleanup(), budget.remaining(FINISH_SECONDS) + 1))
+    await asyncio.gather(*in_flight)
+    await _quietly("event-batcher", app.batcher.stop(), budget.remaining(FINISH_SECONDS))
+    await _quietly("async-queue", app.queue.close(), budget.remaining(FINISH_SECONDS))
+    await _quietly("pool", app.pool.close(), budget.remaining(FINISH_SECONDS) + CLOSE_GRACE_SECONDS)
     if app.registry is not None:
-        await _quietly("registry", app.registry.close())
-    await _quietly("destinations", app.destinations.close())
+        await _quietly("registry", app.registry.close(), budget.remaining(FINISH_SECONDS))
+    await _quietly("destinations", app.destinations.close(), budget.remaining(FINISH_SECONDS))
     app.started = False
     log.info("router.stopped")
 
 
-async def _quietly(what: str, step: Awaitable[Any]) -> None:
+async def _quietly(what: str, step: Awaitable[Any], timeout: float | None) -> None:
     try:
-        await step
+        await asyncio.wait_for(step, timeout)
+    except TimeoutError:
+        log.error("router.stop_timed_out", part=what, timeout_seconds=round(timeout or 0, 1))
     except Exception as exc:  # shutdown must go on past one part's failure
         log.error("router.stop_failed", part=what, error_type=type(exc).__name__, error=str(exc))
 

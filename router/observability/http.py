@@ -273,12 +273,15 @@ def _ssl_context(http: HttpConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def start_http(app: web.Application, http: HttpConfig, log: Any = None) -> web.AppRunner:
+async def start_http(
+    app: web.Application, http: HttpConfig, log: Any = None, *, shutdown_timeout: float = 10.0,
+) -> web.AppRunner:
     """Serve `app` on http.listen with its limits (http_limits.py) and TLS if configured; raises
     HttpBindError (an OSError) naming the address when it cannot."""
     context = _ssl_context(http)
     refusals = LogLimiter(log if log is not None else structlog.get_logger("router.http"))
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+    # shutdown_timeout: how long cleanup() waits for requests in flight (the drain's budget).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
                            keepalive_timeout=http.keepalive_timeout_seconds)
     await runner.setup()
     host, port = http.host, http.port

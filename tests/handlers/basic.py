@@ -200,3 +200,10 @@ def forge_frame(event: Any, context: Any) -> None:
         except OSError:
             continue
     time.sleep(float(event.get("hold", 10)))
+
+
+def slow_marked(event: Any, context: Any) -> dict[str, Any]:
+    """Leaves a start marker in MARKER_DIR, then sleeps SLEEP seconds (any event shape)."""
+    Path(os.environ["MARKER_DIR"], context.aws_request_id).write_text(str(time.time()))
+    time.sleep(float(os.environ.get("SLEEP", "30")))
+    return {"statusCode": 200, "body": "slept"}

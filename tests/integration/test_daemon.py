@@ -11,6 +11,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,7 @@ from router.devstack import Mosquitto, Tansu, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = ROOT / "tests" / "daemon_handlers"
+POOL_HANDLERS = ROOT / "tests" / "handlers"
 
 pytestmark = pytest.mark.integration
 
@@ -266,3 +268,42 @@ async def test_a_second_signal_exits_at_once_without_checkpointing_the_unfinishe
     assert time.monotonic() - started < 5
     assert [r["phase"] for r in _records(record_file)] == ["start"]
     assert await _committed(kafka, "router-m", name) is None  # at-least-once: nothing checkpointed early
+
+
+def test_the_drain_has_one_budget_however_many_kinds_of_work_are_in_flight(
+    daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
+) -> None:
+    # A website request and an async event both run for 30 s; the drain has 4 s in all. Each part
+    # used to get the whole timeout in turn (aiohttp waited up to 60 s for the request first).
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    config = {
+        "functions": {"slow": {"handler": "basic.slow_marked", "code_path": str(POOL_HANDLERS), "timeout": 60,
+                               "reserved_concurrent_executions": 4,
+                               "environment": {"variables": {"MARKER_DIR": str(markers), "SLEEP": "30"}}}},
+        "http_routes": {"slow": {"function_name": "slow", "method": "GET", "path": "/slow"}},
+        "lambda_api": {},
+        "shutdown_timeout_seconds": 4,
+    }
+    d = daemon(config)
+    base = f"http://127.0.0.1:{d.port}"
+    website = threading.Thread(target=lambda: _quiet_get(f"{base}/slow"), daemon=True)
+    website.start()
+    event = urllib.request.Request(f"{base}/2015-03-31/functions/slow/invocations", data=b"{}", method="POST",
+                                   headers={"X-Amz-Invocation-Type": "Event"})
+    with urllib.request.urlopen(event, timeout=10) as answer:
+        assert answer.status == 202
+    wait_for(lambda: len(list(markers.iterdir())) == 2, timeout=30, what="both invocations running")
+    started = time.monotonic()
+    code = d.stop(signal.SIGTERM, timeout=60)
+    elapsed = time.monotonic() - started
+    assert code == 0
+    assert elapsed < 4 + 8, f"the drain took {elapsed:.1f}s"  # the budget plus the finishing steps
+    events = [line["event"] for line in d.log_lines()]
+    assert "async.stop_abandoned" in events  # the event stays queued for the next start
+    assert events[-1] == "router.stopped"
+
+
+def _quiet_get(url: str) -> None:
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(url, timeout=60).read()

@@ -148,7 +148,7 @@ async def build(config: Config) -> Router:
     metrics = Metrics()
     board = ProgressBoard(config.stall_timeout_seconds)
     pool = WorkerPool(config, metrics=metrics)
-    dead_letter = DeadLetter(state_dir / "dead-letter", metrics=metrics)
+    dead_letter = DeadLetter(state_dir / "dead-letter", max_bytes=config.dead_letter_max_bytes, metrics=metrics)
     destinations = DestinationFactory(config, metrics=metrics, dead_letter=dead_letter)
     queue = AsyncQueue(state_dir / "async-queue.sqlite3", metrics=metrics)
     invoker = build_async_invoker(config, queue, pool, destinations, metrics=metrics, board=board)

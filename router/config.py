@@ -526,6 +526,8 @@ class Config(_Model):
     region: str = "us-east-1"
     account_id: Annotated[str, Field(pattern=r"^\d{12}$")] = "000000000000"
     state_dir: Path = Path(".router")
+    # Bound on the payload bytes kept under state_dir/dead-letter (delivery/dead_letter.py).
+    dead_letter_max_bytes: Annotated[int, Field(ge=1024 * 1024)] = 1024 * 1024 * 1024
     functions: dict[str, FunctionConfig] = Field(default_factory=dict)
     kafka: KafkaConfig | None = None
     mqtt: MqttConfig | None = None

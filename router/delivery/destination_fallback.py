@@ -64,9 +64,10 @@ class FallbackDestination:
             await self._keep(body, f"{self.uri} refused it: {exc}"[:1000], key)
 
     async def _keep(self, body: bytes, reason: str, key: str) -> str:
-        """Durably keep the whole record; raises DestinationError (to be retried) if the disk refuses."""
+        """Durably keep the whole record; raises DestinationError (to be retried) if the disk
+        refuses or the store is full (DeadLetterFull): the checkpoint waits rather than lose it."""
         try:
-            path = await self._dead_letter.write(body, reason=reason, source=SOURCE, topic=self.uri)
+            path = await self._dead_letter.write(body, reason=reason, source=SOURCE, topic=self.uri, required=True)
         except OSError as exc:
             raise DestinationError(f"{self.uri}: cannot keep the record in the dead letter either: {exc}") from exc
         self._log.error("destination.record_dead_lettered", destination=self.uri, key=key, reason=reason,

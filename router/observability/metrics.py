@@ -61,6 +61,13 @@ class Metrics:
             "router_filtered_out_records", "Records dropped by a mapping's filter criteria or rule, or "
             "matching no mapping (Lambda's FilteredOutEventCount): never invoked, checkpointed past.",
             ["mapping"], registry=r)
+        self.dead_letter_bytes = Gauge(
+            "router_dead_letter_bytes", "Payload bytes kept in the dead-letter store (state_dir/dead-letter).",
+            registry=r)
+        self.dead_letter_payloads_dropped = Counter(
+            "router_dead_letter_payloads_dropped",
+            "Unreadable payloads whose bytes were not kept because the store was full (metadata kept).",
+            ["source"], registry=r)
         self.async_queue_depth = Gauge(
             "router_async_queue_depth", "Events waiting in the asynchronous invocation queue.",
             ["mapping"], registry=r)

@@ -9,10 +9,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/router/.venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY deploy/image-requirements.lock ./
+# Dependencies from the lock file, exactly (the examples extra brings what the shipped handlers
+# import inside their workers, boto3 and Pillow, as Lambda's runtime would); then the package
+# itself without resolving anything, and a check that the two agree.
+RUN /opt/router/.venv/bin/pip install -r image-requirements.lock
 COPY router ./router
-# The examples extra brings what the shipped handlers import inside their workers (boto3, Pillow),
-# as Lambda's runtime would.
-RUN /opt/router/.venv/bin/pip install '.[examples]'
+RUN /opt/router/.venv/bin/pip install --no-deps '.[examples]' \
+ && /opt/router/.venv/bin/pip check
 
 FROM python:3.11-slim
 # tini is PID 1: it reaps every orphan a handler leaves behind (a daemonized grandchild that left

@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,26 @@ def parse_dockerfile(text: str) -> list[tuple[str, str]]:
     return instructions
 
 
+def test_the_image_lock_pins_every_dependency_within_pyprojects_ranges() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    for line in (ROOT / "deploy" / "image-requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"not an exact pin: {line}"
+            pins[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["examples"]]
+    for requirement in wanted:
+        if requirement.marker is not None and not requirement.marker.evaluate():
+            continue
+        version = pins.get(canonicalize_name(requirement.name))
+        assert version is not None, f"{requirement.name} is not in the lock"
+        assert requirement.specifier.contains(version, prereleases=True), f"{requirement} but the lock has {version}"
+
+
 def test_dockerfile_structure() -> None:
     instructions = parse_dockerfile(DOCKERFILE.read_text())
     unknown = {k for k, _ in instructions} - KNOWN_INSTRUCTIONS
@@ -343,7 +364,8 @@ def test_dockerfile_structure() -> None:
     # Exec form under an init: tini reaps orphaned grandchildren and hands SIGTERM to the daemon.
     assert entrypoint and json.loads(entrypoint[-1]) == ["tini", "--", "router", "run"]
     assert any(k == "RUN" and "apt-get install" in a and " tini" in a for k, a in final)
-    assert any(k == "RUN" and "pip install" in a and "'.[examples]'" in a for k, a in instructions)
+    assert any(k == "RUN" and "pip install -r image-requirements.lock" in a for k, a in instructions)
+    assert any(k == "RUN" and "pip install --no-deps '.[examples]'" in a for k, a in instructions)
     for keyword, args in instructions:
         if keyword == "COPY" and not args.startswith("--from"):
             for source in shlex.split(args)[:-1]:

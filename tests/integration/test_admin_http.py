@@ -8,7 +8,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,20 +212,25 @@ async def test_missing_token_fails_closed(http: aiohttp.ClientSession) -> None:
         await runner.cleanup()
 
 
-async def test_status_failure_is_a_500_not_a_crash(http: aiohttp.ClientSession) -> None:
-    def broken() -> dict[str, Any]:
-        raise RuntimeError("half-built")
-
-    endpoints = AdminEndpoints(board=ProgressBoard(300), metrics=Metrics(), status=broken,
+async def status_from(http: aiohttp.ClientSession, status: Callable[[], dict[str, Any]]) -> tuple[int, Any]:
+    """GET /status of loopback endpoints whose status document comes from `status`."""
+    endpoints = AdminEndpoints(board=ProgressBoard(300), metrics=Metrics(), status=status,
                                liveness=lambda: True, admin_token=None, require_token=False)
     app = web.Application()
     endpoints.register(app)
     runner = await start_http(app, HttpConfig(listen="127.0.0.1:0"))
     try:
-        status, body = await get(http, f"http://127.0.0.1:{bound_port(runner)}/status")
-        assert status == 500 and body["error_type"] == "RuntimeError"
+        return await get(http, f"http://127.0.0.1:{bound_port(runner)}/status")
     finally:
         await runner.cleanup()
+
+
+async def test_status_failure_is_a_500_not_a_crash(http: aiohttp.ClientSession) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("half-built")
+
+    status, body = await status_from(http, broken)
+    assert status == 500 and body["error_type"] == "RuntimeError"
 
 
 async def test_port_in_use_is_a_clear_error() -> None:
@@ -330,15 +335,7 @@ async def test_status_passes_the_log_redactor(http: aiohttp.ClientSession) -> No
     leaky = {"mappings": {"m": {"last_error": error}},
              "brokers": {"mqtt": {"up": False, "detail": "CONNACK refused: Authorization Bearer abcd1234efgh"}},
              "functions": {"f": {"environment": {"API_TOKEN": "tok-123456"}}}}
-    endpoints = AdminEndpoints(board=ProgressBoard(300), metrics=Metrics(), status=lambda: leaky,
-                               liveness=lambda: True, admin_token=None, require_token=False)
-    app = web.Application()
-    endpoints.register(app)
-    runner = await start_http(app, HttpConfig(listen="127.0.0.1:0"))
-    try:
-        status, body = await get(http, f"http://127.0.0.1:{bound_port(runner)}/status")
-    finally:
-        await runner.cleanup()
+    status, body = await status_from(http, lambda: leaky)
     assert status == 200
     text = json.dumps(body)
     for secret in ("hunter2", "abcd1234efgh", "tok-123456"):

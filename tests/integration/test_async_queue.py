@@ -21,8 +21,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from aiokafka import AIOKafkaConsumer
 from gate_support import Gate
+from test_destinations import first_message
 
 from router.app import build_async_invoker
 from router.config import Config, load_config_data
@@ -342,18 +342,12 @@ async def test_kafka_on_failure_and_mqtt_on_success_deliver_the_record(
     async with running(fail_config) as stack:
         await stack.enqueue(QueuedEvent("photos", "thumbnail", event(10)))
         await wait_until(lambda: stack.sample("router_on_failure_records_total", mapping="photos") == 1)
-    consumer = AIOKafkaConsumer(failures, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        message = await asyncio.wait_for(consumer.getone(), 20)
-    finally:
-        await consumer.stop()
-    assert message.value is not None
-    failure = json.loads(message.value)
+    key, raw = await first_message(kafka.bootstrap_servers, failures)
+    failure = json.loads(raw)
     assert failure["requestContext"]["condition"] == "RetriesExhausted"
     assert failure["requestContext"]["approximateInvokeCount"] == 1
     assert failure["requestPayload"] == event(10)
-    assert message.key is not None and message.key.startswith(b"aws/lambda/")
+    assert key is not None and key.startswith(b"aws/lambda/")
 
     ok_config = make_config(tmp_path, seaweedfs, "succeed", mapping, extra=extra)
     async with aiomqtt.Client("127.0.0.1", mosquitto.port) as subscriber:

@@ -95,6 +95,19 @@ async def test_s3_destination_puts_the_record_under_the_prefix(seaweedfs: Seawee
     assert stored["requestContext"]["condition"] == "RetriesExhausted"
 
 
+async def first_message(bootstrap: str, name: str) -> tuple[bytes | None, bytes]:
+    """Key and value of a topic's first record."""
+    consumer = AIOKafkaConsumer(name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        message = await asyncio.wait_for(consumer.getone(), 20)
+    finally:
+        await consumer.stop()
+    assert message.value is not None
+    return message.key, message.value
+
+
 async def test_kafka_destination_produces_the_record_with_its_key(kafka: Tansu, topic: Any) -> None:
     name = topic()
     factory = DestinationFactory(config_for(kafka=kafka.bootstrap_servers), timeout=10)
@@ -103,16 +116,10 @@ async def test_kafka_destination_produces_the_record_with_its_key(kafka: Tansu, 
         await factory.get(f"kafka://{name}").send(record, key="aws/lambda/k1")
     finally:
         await factory.close()
-    consumer = AIOKafkaConsumer(name, bootstrap_servers=kafka.bootstrap_servers, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        message = await asyncio.wait_for(consumer.getone(), 20)
-    finally:
-        await consumer.stop()
-    assert message.key == b"aws/lambda/k1"
-    assert message.value is not None and b" " not in message.value[:40]  # compact JSON
-    value = json.loads(message.value)
+    key, raw = await first_message(kafka.bootstrap_servers, name)
+    assert key == b"aws/lambda/k1"
+    assert b" " not in raw[:40]  # compact JSON
+    value = json.loads(raw)
     assert value == record
     assert value["requestContext"]["approximateInvokeCount"] == 3
     assert value["responseContext"]["functionError"] == "Unhandled"
@@ -176,18 +183,6 @@ async def test_s3_destination_reconnects_after_the_endpoint_comes_back(seaweedfs
 # -- records a destination can never take (issue 19 item 3) ---------------------------------------
 
 
-async def _first_value(bootstrap: str, name: str) -> tuple[bytes | None, dict[str, Any]]:
-    consumer = AIOKafkaConsumer(name, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        message = await asyncio.wait_for(consumer.getone(), 20)
-    finally:
-        await consumer.stop()
-    assert message.value is not None
-    return message.key, json.loads(message.value)
-
-
 async def test_a_record_larger_than_kafka_takes_goes_without_its_payload_and_is_kept_whole(
     kafka: Tansu, topic: Any, tmp_path: Path,
 ) -> None:
@@ -208,7 +203,8 @@ async def test_a_record_larger_than_kafka_takes_goes_without_its_payload_and_is_
         await factory.get(f"kafka://{name}").send(record, key="aws/lambda/big")
     finally:
         await factory.close()
-    key, sent = await _first_value(kafka.bootstrap_servers, name)
+    key, raw = await first_message(kafka.bootstrap_servers, name)
+    sent = json.loads(raw)
     assert key == b"aws/lambda/big"
     assert "requestPayload" not in sent and "responsePayload" not in sent
     assert sent["requestContext"] == record["requestContext"]  # still Lambda's record, minus payloads

@@ -157,13 +157,15 @@ def test_env_example_is_an_environment_file_without_secrets() -> None:
 
 
 def load_manifests() -> dict[str, dict[str, Any]]:
-    """kind -> resource, across deploy/kubernetes/*.yaml."""
+    """kind -> resource, across deploy/kubernetes/*.yaml; a second resource of a kind (the headless
+    Service) as kind/name."""
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(K8S.glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                assert doc["kind"] not in found, f"two {doc['kind']} documents"
-                found[doc["kind"]] = doc
+                key = doc["kind"] if doc["kind"] not in found else f"{doc['kind']}/{doc['metadata']['name']}"
+                assert key not in found, f"two {key} documents"
+                found[key] = doc
     return found
 
 
@@ -174,7 +176,7 @@ def manifests() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def container(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    [only] = manifests["Deployment"]["spec"]["template"]["spec"]["containers"]
+    [only] = manifests["StatefulSet"]["spec"]["template"]["spec"]["containers"]
     return dict(only)
 
 
@@ -183,7 +185,7 @@ def _deployment_env(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def _router_config(manifests: dict[str, dict[str, Any]], container: dict[str, Any]) -> Config:
-    """router.yaml from the ConfigMap, loaded with exactly the env the Deployment provides."""
+    """router.yaml from the ConfigMap, loaded with exactly the env the StatefulSet provides."""
     env = {}
     for name, entry in _deployment_env(container).items():
         env[name] = entry.get("value", f"from-{name.lower()}")
@@ -196,7 +198,8 @@ def _router_config(manifests: dict[str, dict[str, Any]], container: dict[str, An
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_manifests_validate_against_the_api_schema(version: str, manifests: dict[str, dict[str, Any]]) -> None:
     core = {k: v for k, v in manifests.items() if k not in ("Kustomization", "ScaledObject")}
-    assert set(core) == {"ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
+    assert set(core) == {"ConfigMap", "Secret", "StatefulSet", "Service", "Service/router-peers",
+                         "PodDisruptionBudget", "NetworkPolicy"}
     for kind, doc in core.items():
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -204,10 +207,10 @@ def test_manifests_validate_against_the_api_schema(version: str, manifests: dict
             pytest.fail(f"{kind}: {exc.message} at {'.'.join(map(str, exc.path))}")
 
 
-def test_deployment_probes_security_and_storage(
+def test_statefulset_probes_security_and_storage(
     manifests: dict[str, dict[str, Any]], container: dict[str, Any]
 ) -> None:
-    deployment = manifests["Deployment"]
+    deployment = manifests["StatefulSet"]
     pod = deployment["spec"]["template"]["spec"]
     assert deployment["spec"]["replicas"] == 2
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -223,7 +226,15 @@ def test_deployment_probes_security_and_storage(
     assert "emptyDir" in volumes[mounts["/tmp"]]
     config = _router_config(manifests, container)
     state_mount = next(p for p in mounts if config.state_dir.is_relative_to(p))
-    assert "emptyDir" in volumes[mounts[state_mount]], "state_dir must be on a writable volume"
+    # The async queue must outlive the pod: state_dir is on the replica's own claim, kept on scale-down.
+    claims = {c["metadata"]["name"]: c for c in deployment["spec"]["volumeClaimTemplates"]}
+    assert mounts[state_mount] in claims and mounts[state_mount] not in volumes, "state_dir must be on a PVC"
+    assert claims[mounts[state_mount]]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert deployment["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
+                                                                          "whenScaled": "Retain"}
+    headless = manifests["Service/router-peers"]
+    assert deployment["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["clusterIP"] == "None"
     router_config = Path(_deployment_env(container)["ROUTER_CONFIG"]["value"])
     config_volume = volumes[mounts[str(router_config.parent)]]
     assert config_volume["configMap"]["name"] == manifests["ConfigMap"]["metadata"]["name"]
@@ -232,7 +243,7 @@ def test_deployment_probes_security_and_storage(
 
 def test_drain_fits_in_the_grace_period(manifests: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
     config = _router_config(manifests, container)
-    grace = manifests["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = manifests["StatefulSet"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= config.shutdown_timeout_seconds + 15
 
 
@@ -263,26 +274,26 @@ def test_credentials_come_from_secret_refs(manifests: dict[str, dict[str, Any]],
 
 
 def test_service_pdb_and_labels_line_up(manifests: dict[str, dict[str, Any]], container: dict[str, Any]) -> None:
-    labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    labels = manifests["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
     service, pdb = manifests["Service"], manifests["PodDisruptionBudget"]
     for selector in (service["spec"]["selector"], pdb["spec"]["selector"]["matchLabels"],
-                     manifests["Deployment"]["spec"]["selector"]["matchLabels"]):
+                     manifests["StatefulSet"]["spec"]["selector"]["matchLabels"]):
         assert selector.items() <= labels.items()
     annotations = service["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
     [port] = service["spec"]["ports"]
     assert str(port["port"]) == annotations["prometheus.io/port"] and port["targetPort"] == "http"
-    assert pdb["spec"]["minAvailable"] < manifests["Deployment"]["spec"]["replicas"]
+    assert pdb["spec"]["minAvailable"] < manifests["StatefulSet"]["spec"]["replicas"]
 
 
 def test_network_policy_opens_the_http_port_and_the_brokers_only(manifests: dict[str, dict[str, Any]]) -> None:
     policy = manifests["NetworkPolicy"]["spec"]
-    labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    labels = manifests["StatefulSet"]["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
     [ingress] = policy["ingress"]
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]  # the named containerPort
-    assert "http" in {p["name"] for p in manifests["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert "http" in {p["name"] for p in manifests["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["ports"]}
     egress_ports = {p["port"] for rule in policy["egress"] for p in rule["ports"]}
     assert {53, 9092, 1883, 9000} <= egress_ports
     assert "networkpolicy.yaml" in manifests["Kustomization"]["resources"]
@@ -292,12 +303,13 @@ def test_kustomization_never_applies_the_example_secret(manifests: dict[str, dic
     resources = manifests["Kustomization"]["resources"]
     assert all((K8S / r).exists() for r in resources)
     assert "secret.example.yaml" not in resources and "keda-scaledobject.yaml" not in resources
-    assert {"configmap.yaml", "deployment.yaml", "service.yaml", "pdb.yaml"} <= set(resources)
+    assert {"configmap.yaml", "statefulset.yaml", "service.yaml", "pdb.yaml"} <= set(resources)
 
 
-def test_keda_example_scales_the_deployment_on_offset_lag(manifests: dict[str, dict[str, Any]]) -> None:
+def test_keda_example_scales_the_statefulset_on_offset_lag(manifests: dict[str, dict[str, Any]]) -> None:
     scaled = manifests["ScaledObject"]
-    assert scaled["spec"]["scaleTargetRef"]["name"] == manifests["Deployment"]["metadata"]["name"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == manifests["StatefulSet"]["metadata"]["name"]
+    assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
     [trigger] = scaled["spec"]["triggers"]
     assert "router_offset_lag" in trigger["metadata"]["query"]
     assert b"# TYPE router_offset_lag gauge" in Metrics().render()

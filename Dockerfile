@@ -3,7 +3,11 @@
 # The image runs as an unprivileged user with a read-only-friendly layout: only /var/lib/router
 # (state_dir) and /tmp need to be writable (emptyDirs in deploy/kubernetes/deployment.yaml).
 
-FROM python:3.11-slim AS build
+# The base image is pinned by digest (the multi-platform index of python:3.11-slim-trixie, Python
+# 3.11.15, as docker-library/repo-info records it), so a rebuild gets the same bytes. To take the
+# base's security updates, bump both FROM lines to the current digest:
+#   docker buildx imagetools inspect python:3.11-slim-trixie   (the "Digest:" line)
+FROM python:3.11-slim-trixie@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/router/.venv
@@ -18,7 +22,7 @@ COPY router ./router
 RUN /opt/router/.venv/bin/pip install --no-deps '.[examples]' \
  && /opt/router/.venv/bin/pip check
 
-FROM python:3.11-slim
+FROM python:3.11-slim-trixie@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 # tini is PID 1: it reaps every orphan a handler leaves behind (a daemonized grandchild that left
 # its environment's process group), which the daemon as PID 1 would leave as zombies, and passes
 # SIGTERM to the daemon alone, which drains and stops its workers itself.

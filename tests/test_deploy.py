@@ -367,8 +367,11 @@ def test_dockerfile_structure() -> None:
     assert not unknown, f"unknown instructions {unknown}"
     froms = [i for i, (k, _) in enumerate(instructions) if k == "FROM"]
     assert instructions[0][0] == "FROM"
-    for i in froms:
-        assert instructions[i][1].split()[0] == "python:3.11-slim"
+    images = {instructions[i][1].split()[0] for i in froms}
+    [image] = images  # both stages on the same base
+    name, _, digest = image.partition("@")
+    assert name.startswith("python:3.11-slim"), image
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{image}: pin the base image by digest"
     final = instructions[froms[-1]:]
     users = [args for k, args in final if k == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as non-root"

@@ -17,7 +17,6 @@ import collections
 import contextlib
 import os
 import signal
-import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -79,8 +78,40 @@ ExitCallback = Callable[["ExecutionEnvironment", Exited], None]
 IdleCallback = Callable[["ExecutionEnvironment"], None]
 
 
-# What decoding a worker's message raises when it is not one the runtime wrote.
-_MALFORMED = (protocol.FrameError, ValueError, KeyError, IndexError, TypeError, struct.error)
+@dataclass(frozen=True, slots=True)
+class _Log:
+    request_id: str | None
+    stream: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    ok: bool
+    rss_kb: int
+    frame: protocol.Frame
+
+
+def _parse(message: bytes) -> protocol.Result | _Log | _Ready | None:
+    """A worker's message, checked to be what the runtime writes (raises otherwise); None for a
+    kind the daemon does not act on."""
+    if message[0] == protocol.RESULT:
+        return protocol.decode_result(message)
+    frame = protocol.decode(message)
+    header = frame.header
+    if not isinstance(header, dict):
+        raise TypeError("header is not an object")
+    if frame.kind == protocol.LOG:
+        request_id, stream = header.get("id"), header.get("s", "stdout")
+        if not (request_id is None or isinstance(request_id, str)) or not isinstance(stream, str):
+            raise TypeError("LOG header fields")
+        return _Log(request_id, stream, frame.body.decode("utf-8", "replace"))
+    if frame.kind == protocol.READY:
+        rss_kb = header.get("rss_kb") or 0
+        if not isinstance(rss_kb, int):
+            raise TypeError("READY rss_kb")
+        return _Ready(bool(header.get("ok")), rss_kb, frame)
+    return None
 
 
 class _Connection(asyncio.Protocol):
@@ -105,23 +136,25 @@ class _Connection(asyncio.Protocol):
             return
         try:
             messages = self._decoder.feed(data)
-            if len(messages) == 1 and not self._queue and not self._paused:
-                self._env._on_message(messages[0])  # the common case: one RESULT
-                return
-        except _MALFORMED as exc:
+        except protocol.FrameError as exc:
             self._refuse(exc)
+            return
+        if len(messages) == 1 and not self._queue and not self._paused:
+            if not self._env._on_message(messages[0]):  # the common case: one RESULT
+                self._refuse(None)
             return
         self._queue.extend(messages)
         if not self._paused:
             self._drain()
 
-    def _refuse(self, exc: Exception) -> None:
+    def _refuse(self, error: protocol.FrameError | None) -> None:
+        """Read nothing more; `error` for the environment to end on (None: it already knows)."""
         self._refused = True
         self._queue.clear()
         if self._transport is not None:
             self._transport.pause_reading()
-        self._env._refuse(exc if isinstance(exc, protocol.FrameError) else protocol.FrameError(
-            f"undecodable message ({type(exc).__name__})"))
+        if error is not None:
+            self._env._refuse(error)
 
     def _drain(self) -> None:
         if self._refused:
@@ -130,10 +163,8 @@ class _Connection(asyncio.Protocol):
         for _ in range(_MESSAGES_PER_ITERATION):
             if not queue:
                 break
-            try:
-                env._on_message(queue.popleft())
-            except _MALFORMED as exc:
-                self._refuse(exc)
+            if not env._on_message(queue.popleft()):
+                self._refuse(None)
                 return
         loop = asyncio.get_running_loop()
         if queue:
@@ -415,10 +446,16 @@ class ExecutionEnvironment:
 
     # -- the connection ---------------------------------------------------------------------------
 
-    def _on_message(self, message: bytes) -> None:
+    def _on_message(self, message: bytes) -> bool:
+        """Act on one message; False when it is not one the runtime writes (it is then ended)."""
+        try:
+            parsed = _parse(message)
+        except Exception as exc:  # whatever a forged message raises while it is read
+            self._refuse(protocol.FrameError(f"undecodable message ({type(exc).__name__})"))
+            return False
         pending = self._pending
-        if message[0] == protocol.RESULT:
-            result = protocol.decode_result(message)
+        if isinstance(parsed, protocol.Result):
+            result = parsed
             if result.max_rss_kb * 1024 > self.peak_rss_bytes:
                 self.peak_rss_bytes = result.max_rss_kb * 1024
             if result.retire:
@@ -432,20 +469,15 @@ class ExecutionEnvironment:
                     # the caller of this one has even resumed.
                     self._on_idle(self)
                 pending.set_result(result)
-            return
-        frame = protocol.decode(message)
-        kind, header = frame.kind, frame.header
-        if kind == protocol.LOG:
-            text = frame.body.decode("utf-8", "replace")
-            self._on_log(self, header.get("id"), header.get("s", "stdout"), text)
-            return
-        if kind == protocol.READY:
-            rss_kb = header.get("rss_kb") or 0
-            self.peak_rss_bytes = max(self.peak_rss_bytes, rss_kb * 1024)
-            if not header.get("ok"):
+        elif isinstance(parsed, _Log):
+            self._on_log(self, parsed.request_id, parsed.stream, parsed.text)
+        elif isinstance(parsed, _Ready):
+            self.peak_rss_bytes = max(self.peak_rss_bytes, parsed.rss_kb * 1024)
+            if not parsed.ok:
                 self._retire("init")
             if self.state == "starting" and pending is not None and not pending.done():
-                pending.set_result(frame)
+                pending.set_result(parsed.frame)
+        return True
 
     def _refuse(self, error: protocol.FrameError) -> None:  # called by _Connection
         """The worker sent a message past its limit, broke the framing or sent one that does not

@@ -196,7 +196,10 @@ def forge_frame(event: Any, context: Any) -> None:
         fd = int(name)
         try:
             if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                os.write(fd, struct.pack("!i", int(event["size"])) + event["kind"].encode() + b"x" * 1024)
+                if "raw_hex" in event:  # exactly these bytes
+                    os.write(fd, bytes.fromhex(event["raw_hex"]))
+                else:
+                    os.write(fd, struct.pack("!i", int(event["size"])) + event["kind"].encode() + b"x" * 1024)
         except OSError:
             continue
     time.sleep(float(event.get("hold", 10)))

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ import structlog
 
 from router.config import load_config_data
 from router.observability.metrics import Metrics
+from router.runtime import protocol
 from router.runtime.pool import PoolClosed, WorkerPool
 from router.runtime.result import UnknownFunction
 
@@ -687,6 +689,19 @@ async def test_a_worker_announcing_an_oversized_message_is_ended_before_it_is_re
     after = await h.pool.invoke("forge", {"size": 16, "kind": kind, "hold": 15})
     assert after.error_type == "Runtime.ExitError"
     assert h.counted("router_worker_restarts_total", function="forge", reason="protocol") == 2
+
+
+@pytest.mark.parametrize("header", [b"[1]", b'{"id": 5}', b'{"s": ["stdout"]}', b"not json"])
+async def test_a_well_framed_log_message_with_a_forged_header_ends_the_environment(
+    make_pool: MakePool, header: bytes,
+) -> None:
+    message = bytes([protocol.LOG]) + struct.pack("!I", len(header)) + header + b"text"
+    h = await make_pool(forge={"handler": "basic.forge_frame", "timeout": 20})
+    started = time.monotonic()
+    result = await h.pool.invoke("forge", {"raw_hex": protocol.wire(message).hex(), "hold": 15})
+    assert time.monotonic() - started < 5
+    assert result.error_type == "Runtime.ExitError"
+    assert h.counted("router_worker_restarts_total", function="forge", reason="protocol") == 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ async def test_readyz_names_a_stalled_shard_and_recovers_when_it_moves(
     gate.touch()
     config = _stream_config(kafka, name, "gate.gated", {"RECORD_FILE": str(record_file), "GATE": str(gate)},
                             retry_base_delay_seconds=0.1, retry_max_delay_seconds=0.2)
-    config["stall_timeout_seconds"] = 3
+    config["stall_timeout_seconds"] = 1.5
     d = daemon(config)
     wait_for(lambda: d.get("/readyz")[0] == 200, timeout=30, what="ready before any work")
     await _produce(kafka, name, [b"a", b"b"])
@@ -273,7 +273,7 @@ async def test_a_second_signal_exits_at_once_without_checkpointing_the_unfinishe
 def test_the_drain_has_one_budget_however_many_kinds_of_work_are_in_flight(
     daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
 ) -> None:
-    # A website request and an async event both run for 30 s; the drain has 4 s in all. Each part
+    # A website request and an async event both run for 30 s; the drain has 2 s in all. Each part
     # used to get the whole timeout in turn (aiohttp waited up to 60 s for the request first).
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -283,7 +283,7 @@ def test_the_drain_has_one_budget_however_many_kinds_of_work_are_in_flight(
                                "environment": {"variables": {"MARKER_DIR": str(markers), "SLEEP": "30"}}}},
         "http_routes": {"slow": {"function_name": "slow", "method": "GET", "path": "/slow"}},
         "lambda_api": {},
-        "shutdown_timeout_seconds": 4,
+        "shutdown_timeout_seconds": 2,
     }
     d = daemon(config)
     base = f"http://127.0.0.1:{d.port}"
@@ -298,7 +298,7 @@ def test_the_drain_has_one_budget_however_many_kinds_of_work_are_in_flight(
     code = d.stop(signal.SIGTERM, timeout=60)
     elapsed = time.monotonic() - started
     assert code == 0
-    assert elapsed < 4 + 8, f"the drain took {elapsed:.1f}s"  # the budget plus the finishing steps
+    assert elapsed < 2 + 8, f"the drain took {elapsed:.1f}s"  # the budget plus the finishing steps
     events = [line["event"] for line in d.log_lines()]
     assert "async.stop_abandoned" in events  # the event stays queued for the next start
     assert events[-1] == "router.stopped"

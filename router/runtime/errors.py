@@ -58,7 +58,8 @@ def timeout_message(request_id: str, timeout_seconds: float) -> str:
 
 
 def exit_description(exitcode: int | None) -> str:
-    """multiprocessing's exitcode (negative for a signal) as Go prints a process state."""
+    """A process's exit status as subprocess gives it (negative for a signal), as Go prints a
+    process state."""
     if exitcode is None:
         return "unknown"
     if exitcode >= 0:

@@ -1,9 +1,10 @@
 """Messages between the daemon and an execution environment, one message per step.
 
-The worker speaks through a blocking `multiprocessing.connection.Connection` (send_bytes/recv_bytes);
-the daemon reads the same socket through an asyncio transport, so it needs to cut the byte stream
-into the Connection's messages itself: a 4-byte big-endian signed length, or -1 followed by an
-8-byte length for messages over 2 GiB. `FrameDecoder` does exactly that, incrementally.
+Both ends share one Unix socket and frame messages as `multiprocessing.connection.Connection`
+does (a 4-byte big-endian signed length, or -1 followed by an 8-byte length for messages over
+2 GiB): the worker reads and writes it with plain blocking system calls, the daemon through an
+asyncio transport, and both cut the byte stream with `FrameDecoder`, incrementally. The daemon's
+decoder refuses a message larger than its kind may be before reading it (see FrameDecoder).
 
 Inside a message: one kind byte first. The two messages of every invocation (INVOKE, RESULT) have
 fixed binary headers, because JSON headers would cost more than the round trip itself; the rare
@@ -77,7 +78,7 @@ class Frame:
 class WorkerSpec:
     """Everything a worker needs to become one execution environment of one function.
 
-    Pickled to the spawned process, so plain data only."""
+    Pickled as the first message to the exec'd worker (launch.py), so plain data only."""
 
     function_name: str
     handler: str

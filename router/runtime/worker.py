@@ -1,4 +1,4 @@
-"""The main of one execution environment: a spawned process that imports a handler once and then
+"""The main of one execution environment: an exec'd process that imports a handler once and then
 serves invocations one at a time until the daemon stops it or it dies.
 
 It plays the part of Lambda's runtime (awslambdaric): it captures stdout/stderr and the root

@@ -61,8 +61,6 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 # Lambda's synchronous invocation payload (the whole event, base64 body included); above it the
 # invocation is refused and an HTTP API answers 500. Base64 makes a ~4.5 MB binary upload too big.
 MAX_EVENT_BYTES = 6 * 1024 * 1024
-# Lambda's synchronous response limit (Function.ResponseSizeTooLarge → HTTP API 500).
-MAX_RESPONSE_BYTES = 6_291_556
 
 STAGE = "$default"
 _TEXT_TYPES = frozenset({"application/json", "application/xml", "application/javascript"})

@@ -40,10 +40,9 @@ _LOST_CONNECTION_GRACE = 0.5
 # the socket; wait this long for EOF before declaring it dead. Bounded, because children the
 # handler forked may hold the socket open.
 _DRAIN_GRACE = 1.0
-MAX_RESPONSE_BYTES = protocol.MAX_RESPONSE_BYTES
 # The largest message a worker may send, by kind. A RESULT (and a READY, which may carry an init
-# error) holds at most protocol.MAX_RESULT_BODY plus its small header; a LOG chunk is 256 Ki characters, at
-# most 4 bytes each in UTF-8, plus its header. A larger one ends the environment as soon as its
+# error) holds at most protocol.MAX_RESULT_BODY plus its small header; a LOG chunk is 256 Ki
+# characters, at most 4 bytes each in UTF-8, plus its header. A larger one ends the environment as soon as its
 # length and kind are read, so a handler cannot make the daemon buffer what it likes.
 _FRAME_SLACK = 64 * 1024
 FRAME_LIMITS = {

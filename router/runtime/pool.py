@@ -41,7 +41,7 @@ from router.config import Config, FunctionConfig
 from router.observability.metrics import Metrics
 from router.runtime import errors, fast_json, protocol
 from router.runtime.context import FUNCTION_VERSION, new_log_stream_name, report_line
-from router.runtime.environment import MAX_RESPONSE_BYTES, ExecutionEnvironment, Exited, Ready
+from router.runtime.environment import ExecutionEnvironment, Exited, Ready
 from router.runtime.request_ids import RequestIds
 from router.runtime.result import InvocationResult, UnknownFunction
 
@@ -526,10 +526,10 @@ class WorkerPool:
         duration_ms = result.duration_ms
         error_type = result.error_type
         max_memory_used_mb = _mb(env.peak_rss_bytes)  # already folds in this RESULT's peak
-        if error_type is None and request.synchronous and len(result.body) > MAX_RESPONSE_BYTES:
+        if error_type is None and request.synchronous and len(result.body) > protocol.MAX_RESPONSE_BYTES:
             error_type = errors.RESPONSE_TOO_LARGE
             payload: Any = errors.error_payload(
-                errors.response_too_large_message(MAX_RESPONSE_BYTES), error_type, request.request_id
+                errors.response_too_large_message(protocol.MAX_RESPONSE_BYTES), error_type, request.request_id
             )
         else:
             body = result.body
@@ -552,7 +552,8 @@ class WorkerPool:
             error_type, message = errors.TIMED_OUT, errors.timeout_message(request_id, timeout)
             duration_ms = timeout * 1000.0
         elif exited.reason == "oversize_result":  # a response far past 6 MB, refused unread
-            error_type, message = errors.RESPONSE_TOO_LARGE, errors.response_too_large_message(MAX_RESPONSE_BYTES)
+            error_type = errors.RESPONSE_TOO_LARGE
+            message = errors.response_too_large_message(protocol.MAX_RESPONSE_BYTES)
             duration_ms = elapsed_ms or 0.0
         elif exited.reason == "oom" or _mb(exited.peak_rss_bytes) > fn.config.memory_size:
             error_type, message = errors.OUT_OF_MEMORY, errors.out_of_memory_message(request_id)

@@ -185,7 +185,7 @@ class FrameTooLarge(FrameError):
     """A message declared larger than its kind may be; raised before its body is buffered."""
 
     def __init__(self, kind: int, size: int, limit: int) -> None:
-        Exception.__init__(self, f"{chr(kind) if 32 < kind < 127 else kind!r} message of {size} bytes (limit {limit})")
+        super().__init__(f"{chr(kind) if 32 < kind < 127 else kind!r} message of {size} bytes (limit {limit})")
         self.kind = kind
         self.size = size
         self.limit = limit

@@ -335,7 +335,6 @@ class _Inbox:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._fd = fd
         self._decoder = protocol.FrameDecoder()
         self._ready: collections.deque[bytes] = collections.deque()
         self._poll = select.poll()
@@ -344,7 +343,7 @@ class _Inbox:
     def next(self) -> bytes:
         while not self._ready:
             self._poll.poll()
-            data = os.read(self._fd, self._READ_SIZE)
+            data = os.read(self.fd, self._READ_SIZE)
             if not data:
                 raise EOFError
             self._ready.extend(self._decoder.feed(data))
@@ -391,8 +390,13 @@ def _bounded_error(payload: dict[str, Any]) -> dict[str, Any]:
         return payload
     if len(message) > _MAX_ERROR_TEXT:
         message = message[:_MAX_ERROR_TEXT] + f"... [truncated {len(message) - _MAX_ERROR_TEXT} characters]"
-    while trace and sum(map(len, trace)) > _MAX_ERROR_TEXT:
-        trace.pop(0)  # the innermost frames, at the end, say the most
+    kept, size = [], 0
+    for line in reversed(trace):  # the innermost frames, at the end, say the most
+        size += len(line)
+        if size > _MAX_ERROR_TEXT:
+            break
+        kept.append(line)
+    trace = kept[::-1]
     return {**payload, "errorMessage": message, "stackTrace": trace}
 
 

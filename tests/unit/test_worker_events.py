@@ -60,3 +60,15 @@ def test_an_unreadable_event_is_lambdas_unmarshal_error_not_a_crash() -> None:
         result = _invoke(body, event_format, never)
         assert result.error_type == errors.UNMARSHAL_ERROR, (body, event_format)
         assert json.loads(result.body)["errorMessage"].startswith("Unable to unmarshal input")
+
+
+def test_huge_error_text_is_cut_to_the_bound_keeping_the_innermost_frames() -> None:
+    small = errors.error_payload("boom", "ValueError", "r-1", ["frame 1", "frame 2"])
+    assert worker._bounded_error(small) is small
+    limit = worker._MAX_ERROR_TEXT
+    trace = [f"frame {i}: " + "t" * 1000 for i in range(1000)]  # ~1 MB of trace
+    cut = worker._bounded_error(errors.error_payload("m" * (limit + 10), "ValueError", "r-1", trace))
+    assert cut["errorMessage"] == "m" * limit + "... [truncated 10 characters]"
+    assert cut["stackTrace"] == trace[-len(cut["stackTrace"]):]  # a tail, in order
+    assert sum(map(len, cut["stackTrace"])) <= limit < sum(map(len, trace[-len(cut["stackTrace"]) - 1:]))
+    assert cut["errorType"] == "ValueError" and cut["requestId"] == "r-1"

@@ -38,9 +38,10 @@ class Destination(Protocol):
     # The largest encoded record (`encode_record`) the destination takes; None when unbounded.
     max_record_bytes: int | None
 
-    async def send(self, record: Mapping[str, Any], *, key: str) -> None:
+    async def send(self, record: Mapping[str, Any], *, key: str, body: bytes | None = None) -> None:
         """Write one JSON record. `key` is the object key below the S3 prefix and the Kafka message
-        key; MQTT ignores it."""
+        key; MQTT ignores it. `body`, when given, is `encode_record(record)` already made (so a
+        caller that had to measure the record does not have it encoded twice)."""
         ...
 
 

@@ -47,17 +47,18 @@ class FallbackDestination:
         self._dead_letter = dead_letter
         self._log = log or structlog.get_logger("router.destinations")
 
-    async def send(self, record: Mapping[str, Any], *, key: str) -> None:
-        body = encode_record(record)
+    async def send(self, record: Mapping[str, Any], *, key: str, body: bytes | None = None) -> None:
+        body = encode_record(record) if body is None else body
         limit = self.inner.max_record_bytes
-        to_send = record
+        to_send, sent_body = record, body  # encoded once, for the size check and the send
         if limit is not None and len(body) > limit:
             reason = f"record of {len(body)} bytes is larger than {self.uri} takes ({limit} bytes)"
             kept = await self._keep(body, reason, key)
             to_send = {k: v for k, v in record.items() if k not in PAYLOAD_FIELDS}
             to_send["payloadOmitted"] = {"reason": reason, "size": len(body), "deadLetter": kept}
+            sent_body = encode_record(to_send)
         try:
-            await self.inner.send(to_send, key=key)
+            await self.inner.send(to_send, key=key, body=sent_body)
         except DestinationError as exc:
             if not exc.permanent:
                 raise

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from router.config import Config
+from router.config import Config, KafkaConfig
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.destination import Destination, SharedConnection
 from router.delivery.destination_fallback import FallbackDestination
@@ -51,7 +51,7 @@ class DestinationFactory:
             topic = f"{name}/{path}" if path else name
             destination = KafkaDestination(
                 uri, topic, self._connection("kafka", kafka_connection),
-                max_request_size=self._config.kafka.max_request_size if self._config.kafka else 1_048_576,
+                max_request_size=(self._config.kafka or KafkaConfig()).max_request_size,
             )
         elif parts.scheme == "s3":
             from router.delivery.s3_destination import S3Destination, s3_connection

@@ -23,8 +23,9 @@ from router.delivery.destination import DestinationError, SharedConnection, enco
 from router.kafka_client import client_options
 from router.observability.metrics import Metrics
 
-# What the producer adds to key and value when it sizes a record against max_request_size.
-_RECORD_OVERHEAD = 512
+# What a request holds besides the value when the producer sizes it against max_request_size:
+# the record batch's own overhead and the key (an S3-style object key, well under 256 bytes).
+_REQUEST_OVERHEAD = 768
 # Errors the broker (or the producer, for size) gives for the record itself, whatever the retry.
 _PERMANENT = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, InvalidTopicError,
               TopicAuthorizationFailedError)
@@ -77,11 +78,10 @@ class KafkaDestination:
         self.uri = uri
         self.topic = topic
         self._connection = connection
-        # Keys are short (an S3-style object key); the rest of the request is the value.
-        self.max_record_bytes: int | None = max_request_size - _RECORD_OVERHEAD - 256
+        self.max_record_bytes: int | None = max_request_size - _REQUEST_OVERHEAD
 
-    async def send(self, record: Mapping[str, Any], *, key: str) -> None:
-        value = encode_record(record)
+    async def send(self, record: Mapping[str, Any], *, key: str, body: bytes | None = None) -> None:
+        value = encode_record(record) if body is None else body
 
         async def produce(producer: AIOKafkaProducer) -> None:
             await producer.send_and_wait(self.topic, value=value, key=key.encode("utf-8"))

@@ -61,8 +61,8 @@ class MqttDestination:
         # MQTT's largest packet (a 4-byte remaining length), less the PUBLISH header.
         self.max_record_bytes: int | None = 268_435_455 - len(topic.encode()) - 8
 
-    async def send(self, record: Mapping[str, Any], *, key: str) -> None:
-        payload = encode_record(record)
+    async def send(self, record: Mapping[str, Any], *, key: str, body: bytes | None = None) -> None:
+        payload = encode_record(record) if body is None else body
 
         async def publish(client: aiomqtt.Client) -> None:
             await client.publish(self.topic, payload, qos=1, timeout=self._connection.timeout)

@@ -91,8 +91,8 @@ class S3Destination:
         self._connection = connection
         self.max_record_bytes: int | None = None  # a PutObject takes 5 GB
 
-    async def send(self, record: Mapping[str, Any], *, key: str) -> None:
-        body = encode_record(record)
+    async def send(self, record: Mapping[str, Any], *, key: str, body: bytes | None = None) -> None:
+        body = encode_record(record) if body is None else body
         full_key = object_key(self.prefix, key)
 
         async def put(holder: _S3Client) -> None:

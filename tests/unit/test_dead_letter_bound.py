@@ -43,7 +43,7 @@ class _Refusing:
     uri = "kafka://failed"
     max_record_bytes = None
 
-    async def send(self, record: Mapping[str, Any], *, key: str) -> None:
+    async def send(self, record: Mapping[str, Any], *, key: str, body: bytes | None = None) -> None:
         raise DestinationError("kafka://failed: TopicAuthorizationFailedError", permanent=True)
 
 

@@ -65,15 +65,17 @@ class ProgressBoard:
     def remove(self, name: str) -> None:
         self._trackers.pop(name, None)
 
+    def problem(self, tracker: Tracker, *, detail: bool = True) -> str | None:
+        """What is wrong with `tracker`, or None; `detail` adds its error text (a broker's)."""
+        if not tracker.up:
+            return f"{tracker.name}: down{': ' + tracker.detail if detail and tracker.detail else ''}"
+        if (stalled := tracker.stalled_for()) >= self.stall_timeout:
+            return f"{tracker.name}: no progress for {stalled:.0f}s with work pending"
+        return None
+
     def problems(self) -> list[str]:
         """Why the daemon is not ready; empty when every tracker is up and moving."""
-        found = []
-        for t in self._trackers.values():
-            if not t.up:
-                found.append(f"{t.name}: down{': ' + t.detail if t.detail else ''}")
-            elif (stalled := t.stalled_for()) >= self.stall_timeout:
-                found.append(f"{t.name}: no progress for {stalled:.0f}s with work pending")
-        return found
+        return [p for t in self._trackers.values() if (p := self.problem(t)) is not None]
 
     def longest_stall(self) -> float:
         return max((t.stalled_for() for t in self._trackers.values()), default=0.0)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from router.config import AppEventMapping, BucketMapping, Config
-from router.observability.progress import ProgressBoard, Tracker
+from router.observability.progress import ProgressBoard
 
 PATHS = ("streams", "mqtt", "webhooks", "http_routes", "lambda_api")
 
@@ -53,20 +53,12 @@ def configured_paths(config: Config) -> set[str]:
     return paths
 
 
-def _problem(tracker: Tracker, stall_timeout: float, *, detail: bool) -> str | None:
-    if not tracker.up:
-        return f"{tracker.name}: down{': ' + tracker.detail if detail and tracker.detail else ''}"
-    stalled = tracker.stalled_for()
-    if stalled >= stall_timeout:
-        return f"{tracker.name}: no progress for {stalled:.0f}s with work pending"
-    return None
-
-
 def readiness(board: ProgressBoard, paths: Iterable[str], *, detail: bool) -> dict[str, dict[str, Any]]:
     """{path: {"ready": bool, "problems": [...]}} for each configured path; `detail` adds error text."""
-    found: dict[str, dict[str, Any]] = {p: {"ready": True, "problems": []} for p in PATHS if p in set(paths)}
+    wanted = set(paths)
+    found: dict[str, dict[str, Any]] = {p: {"ready": True, "problems": []} for p in PATHS if p in wanted}
     for tracker in board.trackers():
-        problem = _problem(tracker, board.stall_timeout, detail=detail)
+        problem = board.problem(tracker, detail=detail)
         if problem is None:
             continue
         for path in paths_of(tracker.name):

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from router import event_loop
 from router.config import Config, ConfigError
@@ -39,6 +40,8 @@ from router.delivery.async_queue import AsyncQueue
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.destinations import DestinationFactory
 from router.delivery.event_batcher import EventBatcher
+from router.delivery.event_queue import EventQueue
+from router.delivery.kafka_queue import KafkaQueue, dedup_horizon
 from router.drain_budget import FINISH_SECONDS, DrainBudget
 from router.lambda_api.api import LambdaApi
 from router.lambda_api.reconciler import Reconciler
@@ -95,7 +98,7 @@ class Router:
     board: ProgressBoard
     pool: WorkerPool
     destinations: DestinationFactory
-    queue: AsyncQueue
+    queue: EventQueue
     invoker: AsyncInvoker
     batcher: EventBatcher
     notifications: NotificationRouter
@@ -127,7 +130,7 @@ class Router:
         return self.started
 
 
-def build_async_invoker(config: Config, queue: AsyncQueue, pool: WorkerPool, destinations: DestinationFactory, *,
+def build_async_invoker(config: Config, queue: EventQueue, pool: WorkerPool, destinations: DestinationFactory, *,
                         metrics: Metrics, board: ProgressBoard) -> AsyncInvoker:
     """The asynchronous invoker with a lane for each of `config`'s bucket mappings (the supervisor
     changes them later); also what the queue's own tests run."""
@@ -150,7 +153,7 @@ async def build(config: Config) -> Router:
     pool = WorkerPool(config, metrics=metrics)
     dead_letter = DeadLetter(state_dir / "dead-letter", max_bytes=config.dead_letter_max_bytes, metrics=metrics)
     destinations = DestinationFactory(config, metrics=metrics, dead_letter=dead_letter)
-    queue = AsyncQueue(state_dir / "async-queue.sqlite3", metrics=metrics)
+    queue = build_queue(config, state_dir, metrics)
     invoker = build_async_invoker(config, queue, pool, destinations, metrics=metrics, board=board)
     notifications = NotificationRouter(config, queue, dead_letter, metrics=metrics, on_enqueued=invoker.wake)
     batcher = EventBatcher(queue, on_batched=invoker.wake)
@@ -163,6 +166,8 @@ async def build(config: Config) -> Router:
         config, pool=pool, destinations=destinations, invoker=invoker, notifications=notifications, mqtt=mqtt,
         routes=routes, app_events=app_events, metrics=metrics, board=board,
     )
+    if isinstance(queue, KafkaQueue):  # how far back a new partition owner learns dedup keys
+        queue.dedup_horizon = lambda: dedup_horizon(supervisor.config)
     registry = build_registry(config, state_dir)
     reconciler = Reconciler(supervisor, config, registry)
     api = (LambdaApi(config, pool=pool, queue=queue, invoker=invoker, supervisor=supervisor, reconciler=reconciler,
@@ -174,6 +179,14 @@ async def build(config: Config) -> Router:
         webhooks=WebhookReceiver(config, notifications, metrics=metrics), routes=routes, mqtt=mqtt,
         reconciler=reconciler, registry=registry, lambda_api=api,
     )
+
+
+def build_queue(config: Config, state_dir: Path, metrics: Metrics) -> EventQueue:
+    """The push path's durable queue: SQLite in state_dir, or topics shared by every replica."""
+    topic = config.async_queue_topic
+    if topic is not None and config.kafka is not None:
+        return KafkaQueue(config.kafka, topic, metrics=metrics)
+    return AsyncQueue(state_dir / "async-queue.sqlite3", metrics=metrics)
 
 
 def build_registry(config: Config, state_dir: Path) -> Registry | None:
@@ -214,7 +227,10 @@ async def start(app: Router) -> None:
             await app.queue.open()
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"state_dir {config.state_dir}: cannot open the async queue "
-                               f"{app.queue.path.name} ({exc})") from None
+                               f"{app.queue.name} ({exc})") from None
+        except (KafkaError, RuntimeError) as exc:
+            raise StartupError(f"async_queue {app.queue.name}: cannot open the queue "
+                               f"({type(exc).__name__}: {exc})") from None
         started.append(("async-queue", app.queue.close))
         await app.invoker.start()
         started.append(("async-invoker", lambda: app.invoker.stop(0)))

@@ -540,6 +540,23 @@ class Config(_Model):
     stall_exit_seconds: Annotated[float, Field(gt=0)] | None = None
     shutdown_timeout_seconds: Annotated[float, Field(gt=0)] = 30
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    # Where accepted push events wait: a SQLite file in state_dir (unset, one machine) or
+    # kafka://TOPIC, topics every replica shares (delivery/kafka_queue.py).
+    async_queue: str | None = None
+
+    @field_validator("async_queue")
+    @classmethod
+    def _async_queue_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme != "kafka" or not parts.netloc or parts.path not in ("", "/") or parts.query:
+            raise ValueError("must be kafka://TOPIC (omit it to keep the queue in state_dir)")
+        return value
+
+    @property
+    def async_queue_topic(self) -> str | None:
+        return urlsplit(self.async_queue).netloc if self.async_queue else None
 
     @field_validator("functions", "event_source_mappings", "http_routes")
     @classmethod
@@ -611,6 +628,8 @@ def cross_checks(config: Config) -> list[str]:
         RouteTable(route.route(name) for name, route in config.http_routes.items())
     except RouteError as exc:
         problems.append(f"http_routes: {exc}")
+    if config.async_queue is not None and config.kafka is None:
+        problems.append("async_queue: a kafka:// queue needs a kafka section")
     if not config.http.is_loopback and config.http.admin_token is None:
         problems.append("http.admin_token: required when http.listen is not a loopback address")
     api = config.lambda_api

@@ -26,10 +26,11 @@ import structlog
 
 from router.config import AsyncInvokeSettings
 from router.delivery.async_policy import DESTINATION_RETRY
-from router.delivery.async_queue import AsyncQueue, LastResponse, PendingDelivery, StoredEvent
+from router.delivery.async_queue import LastResponse, PendingDelivery, StoredEvent
 from router.delivery.async_record import Condition, async_destination_record
 from router.delivery.destination import async_record_key
 from router.delivery.destinations import DestinationFactory
+from router.delivery.event_queue import EventQueue
 from router.observability.metrics import Metrics
 
 
@@ -49,7 +50,7 @@ class DestinationHealth:
 class AsyncDelivery:
     def __init__(
         self,
-        queue: AsyncQueue,
+        queue: EventQueue,
         destinations: DestinationFactory,
         *,
         function_arn: Callable[[str], str],

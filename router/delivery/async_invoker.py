@@ -55,7 +55,6 @@ from router.delivery.async_policy import (
     age_exceeded,
 )
 from router.delivery.async_queue import (
-    AsyncQueue,
     Claim,
     ClaimRequest,
     LastResponse,
@@ -64,6 +63,7 @@ from router.delivery.async_queue import (
     StoredEvent,
 )
 from router.delivery.async_record import Condition
+from router.delivery.event_queue import EventQueue
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard, Tracker
 from router.runtime.result import InvocationResult
@@ -132,7 +132,7 @@ class _Lane:
 class AsyncInvoker:
     def __init__(
         self,
-        queue: AsyncQueue,
+        queue: EventQueue,
         pool: InvokesFunctions,
         delivery: AsyncDelivery,
         *,

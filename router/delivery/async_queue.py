@@ -360,6 +360,10 @@ class AsyncQueue:
     def is_open(self) -> bool:
         return self._executor is not None
 
+    @property
+    def name(self) -> str:
+        return self.path.name
+
     # -- plumbing ----------------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[], T]) -> T:

@@ -30,7 +30,8 @@ from typing import Any
 import structlog
 
 from router.config import AppEventMapping
-from router.delivery.async_queue import AsyncQueue, QueueClosed
+from router.delivery.async_queue import QueueClosed
+from router.delivery.event_queue import EventQueue
 
 # Without a wakeup, look again this often (a wakeup can only be missed across a restart).
 IDLE_POLL_SECONDS = 5.0
@@ -44,7 +45,7 @@ class _Batching:
 
 
 class EventBatcher:
-    def __init__(self, queue: AsyncQueue, *, on_batched: Callable[[], None], log: Any = None,
+    def __init__(self, queue: EventQueue, *, on_batched: Callable[[], None], log: Any = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._queue = queue
         self._on_batched = on_batched  # batch events were queued: wake the invoker

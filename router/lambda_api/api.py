@@ -26,7 +26,7 @@ from aiohttp import web
 
 from router.config import Config
 from router.delivery.async_invoker import AsyncInvoker
-from router.delivery.async_queue import AsyncQueue
+from router.delivery.event_queue import EventQueue
 from router.lambda_api.errors import LambdaApiError
 from router.lambda_api.functions import Functions
 from router.lambda_api.invoke import MAX_SYNC_PAYLOAD_BYTES, Invoke
@@ -47,7 +47,7 @@ Operation = Callable[[web.Request, bytes, str], Awaitable[web.Response]]
 
 
 class LambdaApi:
-    def __init__(self, config: Config, *, pool: WorkerPool, queue: AsyncQueue, invoker: AsyncInvoker,
+    def __init__(self, config: Config, *, pool: WorkerPool, queue: EventQueue, invoker: AsyncInvoker,
                  supervisor: MappingSupervisor, reconciler: Reconciler, registry: Registry,
                  clock: Callable[[], float] = time.time) -> None:
         api = config.lambda_api

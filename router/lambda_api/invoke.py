@@ -26,7 +26,8 @@ from aiohttp import web
 
 from router.config import Config
 from router.delivery.async_invoker import AsyncInvoker
-from router.delivery.async_queue import AsyncQueue, QueuedEvent
+from router.delivery.async_queue import QueuedEvent
+from router.delivery.event_queue import EventQueue
 from router.lambda_api.errors import LambdaApiError
 from router.lambda_api.mapping_shapes import function_name
 from router.runtime.pool import WorkerPool, is_throttled
@@ -80,7 +81,7 @@ def log_tail(log: str | None) -> str:
 
 
 class Invoke:
-    def __init__(self, config: Config, *, pool: WorkerPool, queue: AsyncQueue, invoker: AsyncInvoker) -> None:
+    def __init__(self, config: Config, *, pool: WorkerPool, queue: EventQueue, invoker: AsyncInvoker) -> None:
         self.config = config
         self._pool = pool
         self._queue = queue

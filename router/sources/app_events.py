@@ -27,9 +27,10 @@ from typing import Any
 import structlog
 
 from router.config import AppEventMapping
-from router.delivery.async_queue import AsyncQueue, QueuedEvent, encode_event
+from router.delivery.async_queue import QueuedEvent, encode_event
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.event_batcher import EventBatcher
+from router.delivery.event_queue import EventQueue
 from router.events.app_event import app_event, app_record, dedup_id
 from router.events.s3_match import topic_matches
 from router.observability.metrics import Metrics
@@ -39,7 +40,7 @@ Message = tuple[bytes, str, Sequence[tuple[str, str]] | None]
 
 
 class AppEventRouter:
-    def __init__(self, queue: AsyncQueue, dead_letter: DeadLetter, *, metrics: Metrics,
+    def __init__(self, queue: EventQueue, dead_letter: DeadLetter, *, metrics: Metrics,
                  on_enqueued: Callable[[], None], batcher: EventBatcher | None = None, log: Any = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._queue = queue

@@ -21,8 +21,9 @@ from typing import Any, Literal
 import structlog
 
 from router.config import BucketMapping, Config
-from router.delivery.async_queue import AsyncQueue, EnqueueResult, QueuedEvent, encode_event
+from router.delivery.async_queue import EnqueueResult, QueuedEvent, encode_event
 from router.delivery.dead_letter import DeadLetter
+from router.delivery.event_queue import EventQueue
 from router.events.dedup import dedup_key
 from router.events.s3 import MalformedNotification, Store, event_record, parse_notification
 from router.events.s3_match import MappingMatcher, Transport, rule_matches
@@ -58,7 +59,7 @@ class NotificationRouter:
     def __init__(
         self,
         config: Config,
-        queue: AsyncQueue,
+        queue: EventQueue,
         dead_letter: DeadLetter,
         *,
         metrics: Metrics,

@@ -120,6 +120,7 @@ class Router:
             "mappings": self.supervisor.status(),
             "http_routes": self.routes.status(),
             "event_invokes": self.supervisor.invoke_status(),
+            "async_queue": self.queue.status(),
             "brokers": brokers,
             "functions": self.pool.status(),
             "paths": readiness(self.board, configured_paths(self.supervisor.config), detail=True),

@@ -364,6 +364,9 @@ class AsyncQueue:
     def name(self) -> str:
         return self.path.name
 
+    def status(self) -> dict[str, Any]:
+        return {"queue": f"sqlite:{self.path}", "open": self.is_open}
+
     # -- plumbing ----------------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[[], T]) -> T:

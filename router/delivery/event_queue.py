@@ -8,7 +8,7 @@ collects, the invoker claims and settles; none of them knows which engine it tal
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from router.delivery.async_queue import (
     Claim,
@@ -68,3 +68,7 @@ class EventQueue(Protocol):
     async def stats(self) -> dict[str, MappingStats]: ...
 
     async def prune_dedup(self, older_than: float) -> int: ...
+
+    def status(self) -> dict[str, Any]:
+        """The queue itself for /status (each mapping's depth is the invoker's)."""
+        ...

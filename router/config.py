@@ -547,8 +547,8 @@ class Config(_Model):
     @field_validator("async_queue")
     @classmethod
     def _async_queue_uri(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
+        if not value:  # unset, or an empty ${VAR:-} in the file: the SQLite queue
+            return None
         parts = urlsplit(value)
         if parts.scheme != "kafka" or not parts.netloc or parts.path not in ("", "/") or parts.query:
             raise ValueError("must be kafka://TOPIC (omit it to keep the queue in state_dir)")

@@ -19,13 +19,15 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from router.config import Config, load_config_data
+from router.config import Config, KafkaConfig, load_config_data
+from router.delivery.kafka_queue import KafkaQueue
 from router.observability.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "deploy" / "systemd" / "router.service"
 ENV_EXAMPLE = ROOT / "deploy" / "systemd" / "router.env.example"
 K8S = ROOT / "deploy" / "kubernetes"
+K8S_KAFKA_QUEUE = ROOT / "deploy" / "kubernetes-kafka-queue"
 DOCKERFILE = ROOT / "Dockerfile"
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
 ROUTER_SCRIPT = Path(sys.executable).with_name("router")
@@ -306,13 +308,72 @@ def test_kustomization_never_applies_the_example_secret(manifests: dict[str, dic
     assert {"configmap.yaml", "statefulset.yaml", "service.yaml", "pdb.yaml"} <= set(resources)
 
 
+def json_patch(doc: Any, operations: list[dict[str, Any]]) -> Any:
+    """RFC 6902 add and remove, the two operations the overlay uses (kustomize applies the same)."""
+    doc = json.loads(json.dumps(doc))
+    for operation in operations:
+        *parents, last = [part.replace("~1", "/").replace("~0", "~") for part in operation["path"].split("/")[1:]]
+        target = doc
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if operation["op"] == "remove":
+            del target[int(last) if isinstance(target, list) else last]
+        elif operation["op"] == "add" and isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), operation["value"])
+        elif operation["op"] == "add":
+            target[last] = operation["value"]
+        else:
+            raise AssertionError(f"unsupported operation {operation['op']}")
+    return doc
+
+
+def kafka_queue_statefulset() -> dict[str, Any]:
+    kustomization = yaml.safe_load((K8S_KAFKA_QUEUE / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../kubernetes"]
+    [patch] = kustomization["patches"]
+    assert patch["target"] == {"kind": "StatefulSet", "name": "router"}
+    operations = yaml.safe_load((K8S_KAFKA_QUEUE / patch["path"]).read_text())
+    patched: dict[str, Any] = json_patch(load_manifests()["StatefulSet"], operations)
+    return patched
+
+
+def kafka_queue_config() -> Config:
+    manifests = load_manifests()
+    statefulset = kafka_queue_statefulset()
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    return _router_config({**manifests, "StatefulSet": statefulset}, container)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kafka_queue_overlay_keeps_no_state_on_the_pod(version: str) -> None:
+    statefulset = kafka_queue_statefulset()
+    kubernetes_validate.validate(statefulset, version, strict=True)
+    pod = statefulset["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    assert "persistentVolumeClaimRetentionPolicy" not in statefulset["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    config = kafka_queue_config()
+    state_mount = next(p for p in mounts if config.state_dir.is_relative_to(p))
+    assert "emptyDir" in volumes[mounts[state_mount]]
+    assert config.async_queue == "kafka://router-async-queue" and config.kafka is not None
+    # The base (SQLite) configuration leaves the queue in state_dir.
+    base = load_manifests()
+    [base_container] = base["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    assert _router_config(base, base_container).async_queue is None
+
+
 def test_keda_example_scales_the_statefulset_on_offset_lag(manifests: dict[str, dict[str, Any]]) -> None:
     scaled = manifests["ScaledObject"]
     assert scaled["spec"]["scaleTargetRef"]["name"] == manifests["StatefulSet"]["metadata"]["name"]
     assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
-    [trigger] = scaled["spec"]["triggers"]
-    assert "router_offset_lag" in trigger["metadata"]["query"]
+    triggers = {t["type"]: t["metadata"] for t in scaled["spec"]["triggers"]}
+    assert "router_offset_lag" in triggers["prometheus"]["query"]
     assert b"# TYPE router_offset_lag gauge" in Metrics().render()
+    # The Kafka queue's backlog is its consumer group's lag, on the topic the overlay configures.
+    queue = KafkaQueue(KafkaConfig(), kafka_queue_config().async_queue_topic or "")
+    assert (triggers["kafka"]["consumerGroup"], triggers["kafka"]["topic"]) == (queue.group_id, queue.topic)
 
 
 # -- Dockerfile ------------------------------------------------------------------------------------

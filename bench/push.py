@@ -1,6 +1,7 @@
 """Benchmark: MQTT bucket notifications and app events → router → handler start, next to raw aiomqtt.
 
     .venv/bin/python bench/push.py [--rate 1000] [--seconds 10] [--backlog 10000] [--concurrency 4]
+                                   [--queue sqlite,kafka]
 
 One run, one real Mosquitto, the real daemon (`router.app`: MQTT source, SQLite queue with fsync,
 invoker, worker processes) in this process; the publisher and the raw subscriber are processes of
@@ -19,7 +20,9 @@ their own so they do not share our event loop.
 Both phases run twice in the same run on the same broker: for MinIO-style bucket notifications
 (`bucket_notifications`, ~1.5 kB each) and for app events (`mqtt_topic`, a mobile client's ~100
 byte click, invoked with the payload as the event as an IoT rule does), each against its own raw
-subscriber on the same topic.
+subscriber on the same topic. And all of that once per queue (`--queue`): the SQLite queue in
+state_dir, and the queue on Kafka (`async_queue: kafka://...`, a real Tansu started for the run),
+each against the raw subscriber of its own run.
 
 Logging is at WARNING by default (per-invocation INFO lines cost a few percent; --log-level info).
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import sys
@@ -42,7 +46,7 @@ import aiomqtt
 from router import event_loop
 from router.app import Router, build, start, stop, tune_garbage_collector
 from router.config import load_config_data
-from router.devstack import Mosquitto
+from router.devstack import Mosquitto, Tansu
 from router.observability.logging import configure_logging
 
 TOPIC = "minio/bench"
@@ -229,16 +233,21 @@ async def join(proc: multiprocessing.process.BaseProcess, timeout: float) -> Non
 # -- the run ---------------------------------------------------------------------------------------
 
 
-def make_config(args: argparse.Namespace, work: Path) -> Any:
+def make_config(args: argparse.Namespace, work: Path, queue: str) -> Any:
     code = work / "code"
-    code.mkdir()
+    code.mkdir(exist_ok=True)
     (code / "bench_handler.py").write_text(HANDLER)
+    extra: dict[str, Any] = {}
+    if queue == "kafka":
+        extra = {"async_queue": f"kafka://bench-{time.time_ns():x}",
+                 "kafka": {"bootstrap_servers": args.kafka, "session_timeout_ms": 3000}}
     return load_config_data({
-        "state_dir": str(work / "state"),
+        **extra,
+        "state_dir": str(work / f"state-{queue}"),
         "functions": {"bench": {"handler": "bench_handler.handler", "code_path": str(code), "timeout": 30,
                                 "reserved_concurrent_executions": args.concurrency,
                                 "environment": {"variables": {"BENCH_DIR": str(work)}}}},
-        "mqtt": {"host": "127.0.0.1", "port": args.port, "client_id": "router-bench"},
+        "mqtt": {"host": "127.0.0.1", "port": args.port, "client_id": f"router-bench-{queue}"},
         "http": {"listen": "127.0.0.1:0", "webhook_token": "bench"},
         "event_source_mappings": {
             "bench": {"function_name": "bench", "bucket_notifications": {
@@ -258,11 +267,11 @@ async def started(config: Any) -> Router:
     return app
 
 
-async def bench_kind(args: argparse.Namespace, config: Any, work: Path, kind: str) -> dict[str, Any]:
-    """Both phases for one kind of message; phases are named after the kind so keys never collide."""
+async def bench_kind(args: argparse.Namespace, config: Any, work: Path, kind: str, queue: str) -> dict[str, Any]:
+    """Both phases for one kind of message; phases are named after the kind and queue so keys never collide."""
     port = args.port
     topic = KINDS[kind][0]
-    tag = kind.split()[0]
+    tag = f"{kind.split()[0]}_{queue}"
     live, warm, backlog = f"{tag}-live", f"{tag}-warm", f"{tag}-backlog"
     results: dict[str, Any] = {}
     mp = multiprocessing.get_context("spawn")
@@ -332,8 +341,12 @@ async def bench_kind(args: argparse.Namespace, config: Any, work: Path, kind: st
 
 
 async def bench(args: argparse.Namespace, work: Path) -> dict[str, dict[str, Any]]:
-    config = make_config(args, work)
-    return {kind: await bench_kind(args, config, work, kind) for kind in KINDS}
+    results: dict[str, dict[str, Any]] = {}
+    for queue in args.queues:
+        config = make_config(args, work, queue)
+        for kind in KINDS:
+            results[f"{kind}, {queue} queue"] = await bench_kind(args, config, work, kind, queue)
+    return results
 
 
 def report(kind: str, results: dict[str, Any], args: argparse.Namespace) -> None:
@@ -365,14 +378,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--backlog", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--queue", default="sqlite,kafka", help="queues to measure, comma-separated")
     parser.add_argument("--log-level", default="warning")
     parser.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
     args = parser.parse_args()
+    args.queues = [q for q in args.queue.split(",") if q]
+    if set(args.queues) - {"sqlite", "kafka"}:
+        parser.error("--queue takes sqlite and/or kafka")
     configure_logging(args.log_level, "console")
     with tempfile.TemporaryDirectory(prefix="router-bench-push-") as tmp:
         work = Path(tmp)
-        with Mosquitto(work / "mosquitto") as broker:
+        with Mosquitto(work / "mosquitto") as broker, contextlib.ExitStack() as stack:
             args.port = broker.port
+            if "kafka" in args.queues:
+                args.kafka = stack.enter_context(Tansu(work / "tansu")).bootstrap_servers
             results = event_loop.run(bench(args, work))  # the daemon's loop (it runs in this process)
     for kind, figures in results.items():
         report(kind, figures, args)

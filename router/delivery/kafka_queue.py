@@ -135,6 +135,31 @@ def _headers(meta: dict[str, Any]) -> list[tuple[str, bytes]]:
     return [(HEADER, json.dumps(meta, separators=(",", ":")).encode())]
 
 
+def _decode(record: ConsumerRecord[bytes, bytes]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A queue record's header and the StoredEvent fields it gives, or None for anything else (a
+    record someone else wrote to the topic, a damaged one): one bad record must not stop a partition."""
+    raw = next((value for name, value in record.headers or () if name == HEADER), None)
+    if raw is None or record.value is None:
+        return None
+    try:
+        meta = json.loads(raw)
+        stage = meta["stage"]
+        if stage not in ("collect", "invoke", "deliver"):
+            return None
+        fields: dict[str, Any] = {
+            "mapping": str(meta["mapping"]), "function": str(meta["function"]),
+            "event_json": record.value.decode(), "request_id": str(meta["request_id"]),
+            "accepted_at": float(meta["accepted_at"]), "due_at": float(meta["due_at"]), "stage": stage,
+            "invoke_count": int(meta["invoke_count"]), "system_errors": int(meta["system_errors"]),
+            "last_response": LastResponse.from_json(meta.get("last_response")),
+            "delivery": PendingDelivery.from_json(meta.get("delivery")),
+            "delivery_attempts": int(meta.get("delivery_attempts") or 0),
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return meta, fields
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, queue: KafkaQueue) -> None:
         self._queue = queue
@@ -170,6 +195,8 @@ class KafkaQueue:
         self._lanes: dict[tuple[str, Stage], list[tuple[float, int]]] = {}
         self._next_id = 0
         self._settled = asyncio.Event()  # a claimed record was settled (revocation waits on it)
+        self._unstarted: set[TopicPartition] = set()  # assigned, but setting them up failed: retried
+        self._unstarted_at = 0.0
         self._fetch_problem: str | None = None
 
     @property
@@ -346,7 +373,9 @@ class KafkaQueue:
                 if part is None or not part.owned:
                     with contextlib.suppress(IllegalStateError):
                         if records:
-                            consumer.seek(tp, records[0].offset)
+                            consumer.seek(tp, records[0].offset)  # fetched again once it is set up
+                    if part is None:
+                        self._unstarted.add(tp)
                     continue
                 for record in records:
                     admitted |= self._take(part, record)
@@ -355,62 +384,55 @@ class KafkaQueue:
                     consumer.pause(tp)
             if admitted and self.on_committed is not None:
                 self.on_committed()
+            if self._unstarted and time.monotonic() - self._unstarted_at > 1.0:
+                await self._retry_unstarted(consumer)
             await asyncio.sleep(0)
+
+    async def _retry_unstarted(self, consumer: AIOKafkaConsumer) -> None:
+        self._unstarted_at = time.monotonic()
+        pending = (self._unstarted & consumer.assignment()) - self._parts.keys()
+        self._unstarted.clear()
+        if pending:
+            with contextlib.suppress(Exception):  # logged by _assigned; tried again in a second
+                await self._assigned(pending)
 
     def _take(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> bool:
         """One fetched record: learn its dedup key, or hold it for the invoker. True when held."""
         offset = record.offset
         if offset >= part.start and offset < part.checkpoint.next_offset:
             return False  # fetched again after a seek: already held or finished
-        meta = self._decode(record)
         fresh = offset >= part.start
         if fresh:
             part.checkpoint.track(offset)
-        if meta is None or record.value is None:
-            if fresh:
+        decoded = _decode(record)
+        if decoded is None:
+            if fresh:  # not ours or damaged: skipped, never a reason to stop the partition
                 self._log.error("kafka_queue.record_unreadable", topic=part.tp.topic, shard=part.tp.partition,
                                 sequence_number=offset, outcome="skipped")
                 part.checkpoint.done([offset])
             return False
+        meta, fields = decoded
         if part.dedup is not None and meta.get("dedup_key") is not None:
-            scope = f"{meta['mapping']}\x00{meta['dedup_key']}"
-            accepted_at = float(meta["accepted_at"])
+            scope = f"{fields['mapping']}\x00{meta['dedup_key']}"
             seen = part.dedup.get(scope)
-            if seen is not None and seen >= accepted_at - float(meta.get("dedup_window") or 0):
+            if seen is not None and seen >= fields["accepted_at"] - float(meta.get("dedup_window") or 0):
                 if fresh:
                     part.checkpoint.done([offset])
                     if self.metrics is not None:
-                        self.metrics.duplicate_notifications.labels(mapping=meta["mapping"]).inc()
+                        self.metrics.duplicate_notifications.labels(mapping=fields["mapping"]).inc()
                 return False
-            part.dedup[scope] = accepted_at
+            part.dedup[scope] = fields["accepted_at"]
         if not fresh:
             return False
         if part.dedup is not None and self.metrics is not None:
-            self.metrics.async_events_received.labels(mapping=meta["mapping"]).inc()
+            self.metrics.async_events_received.labels(mapping=fields["mapping"]).inc()
         self._next_id += 1
         event_id = self._next_id
-        event = StoredEvent(
-            id=event_id, mapping=meta["mapping"], function=meta["function"], event_json=record.value.decode(),
-            request_id=meta["request_id"], accepted_at=float(meta["accepted_at"]), due_at=float(meta["due_at"]),
-            stage=meta["stage"], invoke_count=int(meta["invoke_count"]), system_errors=int(meta["system_errors"]),
-            last_response=LastResponse.from_json(meta.get("last_response")),
-            delivery=PendingDelivery.from_json(meta.get("delivery")),
-            delivery_attempts=int(meta.get("delivery_attempts") or 0),
-        )
+        event = StoredEvent(id=event_id, **fields)
         self._records[event_id] = _Held(part, offset, record.key, event, meta)
         part.held.add(event_id)
         self._offer(event_id)
         return True
-
-    def _decode(self, record: ConsumerRecord[bytes, bytes]) -> dict[str, Any] | None:
-        for name, value in record.headers or ():
-            if name == HEADER:
-                try:
-                    meta = json.loads(value)
-                except ValueError:
-                    return None
-                return meta if isinstance(meta, dict) and {"mapping", "function", "stage"} <= meta.keys() else None
-        return None
 
     def _offer(self, event_id: int) -> None:
         held = self._records[event_id]

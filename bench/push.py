@@ -247,7 +247,9 @@ def make_config(args: argparse.Namespace, work: Path, queue: str) -> Any:
         "functions": {"bench": {"handler": "bench_handler.handler", "code_path": str(code), "timeout": 30,
                                 "reserved_concurrent_executions": args.concurrency,
                                 "environment": {"variables": {"BENCH_DIR": str(work)}}}},
-        "mqtt": {"host": "127.0.0.1", "port": args.port, "client_id": f"router-bench-{queue}"},
+        # A share group per queue: the previous run's session stays subscribed (and would get a share).
+        "mqtt": {"host": "127.0.0.1", "port": args.port, "client_id": f"router-bench-{queue}",
+                 "shared_subscription_group": f"bench-{queue}"},
         "http": {"listen": "127.0.0.1:0", "webhook_token": "bench"},
         "event_source_mappings": {
             "bench": {"function_name": "bench", "bucket_notifications": {

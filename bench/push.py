@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import multiprocessing
 import sys
@@ -291,6 +292,9 @@ async def bench_kind(args: argparse.Namespace, config: Any, work: Path, kind: st
     await asyncio.to_thread(ready.wait, 15)
     await asyncio.sleep(0.2)
     invoked = app.pool.status()["bench"]["invocations"]
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()  # the event loop's thread only (the queue's threads are not seen)
     live_cpu = time.process_time()
     began = time.monotonic()
     await join(spawn(publisher_main, port, kind, live, total, args.rate), args.seconds * 3 + 30)
@@ -299,6 +303,9 @@ async def bench_kind(args: argparse.Namespace, config: Any, work: Path, kind: st
     await wait_for(lambda: app.pool.status()["bench"]["invocations"] >= invoked + total, 120,
                    "every live message to be handled")
     live_cpu = time.process_time() - live_cpu
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(f"{args.profile}-{tag}.prof")
     await wait_for(lambda: len(read_starts(work, live)) >= total, 30, "the handlers' records of the live phase")
     await join(raw, 60)
     results["live"] = {
@@ -382,6 +389,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--queue", default="sqlite,kafka", help="queues to measure, comma-separated")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help="cProfile the event loop during each fixed-rate phase into PREFIX-<kind>.prof "
+                             "(inflates the CPU figures)")
     parser.add_argument("--json", action="store_true", help="also print the raw figures as JSON")
     args = parser.parse_args()
     args.queues = [q for q in args.queue.split(",") if q]

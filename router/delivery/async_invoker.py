@@ -148,7 +148,8 @@ class AsyncInvoker:
         self._concurrency = concurrency  # a function's reserved concurrency, as the pool has it now
         self._metrics = metrics
         self._board = board
-        self._log = log or structlog.get_logger("router.async")
+        # Bound once: a lazy proxy rebinds on every call (once per event here).
+        self._log = log or structlog.get_logger("router.async").bind()
         self._clock = clock
         self._lanes: dict[str, _Lane] = {}
         self._function_in_flight: dict[str, int] = {}

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from router.observability.metrics import Metrics
-from router.runtime.request_ids import request_ids
+from router.runtime.request_ids import RequestIds
 
 T = TypeVar("T")
 # collect: an app-event message waiting to be batched (router.delivery.event_batcher);
@@ -279,6 +279,8 @@ class AsyncQueue:
         # Called once accepted events are committed (visible to claims), before their fsync: the
         # dispatcher may start them early; an event run before it is durable is only at-least-once.
         self.on_committed: Callable[[], None] | None = None
+        # One urandom call per 64 ids, not one per enqueue (a notification at a time at low rates).
+        self._request_ids = RequestIds()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -529,7 +531,7 @@ class AsyncQueue:
         rows = [
             (e.mapping, e.function, _encoded(e.event), request_id, e.dedup_key, e.stage,
              dedup_window if e.dedup_window is None else e.dedup_window)
-            for e, request_id in zip(events, request_ids(len(events)), strict=True)
+            for e, request_id in zip(events, self._request_ids.take(len(events)), strict=True)
         ]
 
         def run(conn: sqlite3.Connection) -> list[tuple[str, bool]]:
@@ -568,7 +570,7 @@ class AsyncQueue:
         (`{"Records": [...]}`, accepted when its oldest record was), in one transaction, once there
         are `limit` of them or the oldest has waited `window` seconds."""
         now = self._clock()
-        (request_id,) = request_ids(1)
+        request_id = self._request_ids.next()
 
         def run(conn: sqlite3.Connection) -> Collected:
             rows = conn.execute(

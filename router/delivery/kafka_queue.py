@@ -72,7 +72,7 @@ from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
 from router.kafka_client import client_options
 from router.observability.metrics import Metrics
-from router.runtime.request_ids import request_ids
+from router.runtime.request_ids import RequestIds
 
 HEADER = "router-queue"  # the event's queue fields as JSON; the value is the event's JSON untouched
 DELAYED_SUFFIX = ".delayed"
@@ -197,7 +197,7 @@ class KafkaQueue:
         self._settled = asyncio.Event()  # a claimed record was settled (revocation waits on it)
         self._unstarted: set[TopicPartition] = set()  # assigned, but setting them up failed: retried
         self._unstarted_at = 0.0
-        self._fetch_problem: str | None = None
+        self._request_ids = RequestIds()
 
     @property
     def name(self) -> str:
@@ -310,7 +310,7 @@ class KafkaQueue:
             return EnqueueResult(0, 0)
         now = self._clock()
         records: list[tuple[str, bytes | None, bytes, dict[str, Any]]] = []
-        for event, request_id in zip(events, request_ids(len(events)), strict=True):
+        for event, request_id in zip(events, self._request_ids.take(len(events)), strict=True):
             body = event.event if isinstance(event.event, str) else encode_event(event.event)
             window = dedup_window if event.dedup_window is None else event.dedup_window
             key = f"{event.mapping}\x00{event.dedup_key}" if event.dedup_key is not None else request_id
@@ -646,7 +646,7 @@ class KafkaQueue:
         for event_id in ids:
             self._records[event_id].claimed = True
         batch = '{"Records":[' + ",".join(self._records[i].event.event_json for i in ids) + "]}"
-        (request_id,) = request_ids(1)
+        request_id = self._request_ids.next()
         meta = {"mapping": mapping, "function": function, "request_id": request_id, "accepted_at": oldest,
                 "due_at": now, "stage": "invoke", "invoke_count": 0, "system_errors": 0, "last_response": None,
                 "delivery": None, "delivery_attempts": 0, "dedup_key": None, "dedup_window": 0}

@@ -34,3 +34,14 @@ class RequestIds:
         if not self._ready:
             self._ready = request_ids(_BATCH)
         return self._ready.pop()
+
+    def take(self, count: int) -> list[str]:
+        """`count` ids; a large batch gets its own urandom call."""
+        if count <= 0:
+            return []
+        if count > _BATCH:
+            return request_ids(count)
+        if len(self._ready) < count:
+            self._ready += request_ids(_BATCH)
+        taken, self._ready = self._ready[-count:], self._ready[:-count]
+        return taken

@@ -49,7 +49,8 @@ class AppEventRouter:
         self._on_enqueued = on_enqueued
         self._batcher = batcher
         self._clock = clock
-        self._log = log or structlog.get_logger("router.app_events")
+        # Bound once: a lazy proxy rebinds on every call (once per event here).
+        self._log = log or structlog.get_logger("router.app_events").bind()
         self._mappings: dict[str, AppEventMapping] = {}
 
     def set_mappings(self, mappings: Mapping[str, AppEventMapping]) -> None:

@@ -71,7 +71,8 @@ class NotificationRouter:
         self._dead_letter = dead_letter
         self._metrics = metrics
         self._on_enqueued = on_enqueued
-        self._log = log or structlog.get_logger("router.notifications")
+        # Bound once: a lazy proxy rebinds on every call (once per event here).
+        self._log = log or structlog.get_logger("router.notifications").bind()
         self._matchers: dict[Transport, MappingMatcher] = {}
         self.set_mappings(config.bucket_mappings())
 

@@ -175,3 +175,12 @@ def test_request_ids_are_random_version_4_uuids() -> None:
     for request_id in list(ids)[:50]:
         parsed = uuid.UUID(request_id)
         assert parsed.version == 4 and str(parsed) == request_id
+
+
+def test_request_ids_taken_in_batches_are_fresh_and_exactly_as_many_as_asked() -> None:
+    source = RequestIds()
+    taken = [source.take(n) for n in (0, 1, 3, 64, 65, 200, 7)]
+    assert [len(batch) for batch in taken] == [0, 1, 3, 64, 65, 200, 7]
+    everything = [i for batch in taken for i in batch] + [source.next() for _ in range(100)]
+    assert len(set(everything)) == len(everything)
+    assert all(uuid.UUID(i).version == 4 for i in everything)

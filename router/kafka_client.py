@@ -7,6 +7,7 @@ those settings twice is how one of them ends up without TLS.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka.helpers import create_ssl_context
@@ -31,3 +32,25 @@ def client_options(kafka: KafkaConfig) -> dict[str, Any]:
         options["sasl_plain_username"] = kafka.sasl_username
         options["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
     return options
+
+
+async def ensure_topics(kafka: KafkaConfig, names: Sequence[str], *, partitions: int,
+                        configs: dict[str, str] | None = None) -> None:
+    """Create the topics router keeps its own state in, if missing: with as many copies as the
+    cluster allows, up to 3 (Kafka's usual production factor). A topic that exists is kept as it
+    is (its partitions and settings are the operator's)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**client_options(kafka), client_id=f"{kafka.client_id}-admin")
+    await admin.start()
+    try:
+        brokers = len((await admin.describe_cluster()).get("brokers", [])) or 1
+        response = await admin.create_topics([
+            NewTopic(name=name, num_partitions=partitions, replication_factor=min(3, brokers),
+                     topic_configs=configs or {})
+            for name in names])
+        for entry in response.topic_errors:
+            if entry[1] not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
+                raise RuntimeError(f"creating the topic {entry[0]!r} failed: error {entry[1]}")
+    finally:
+        await admin.close()

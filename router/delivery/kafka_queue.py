@@ -70,7 +70,7 @@ from router.delivery.async_queue import (
 )
 from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
-from router.kafka_client import client_options
+from router.kafka_client import client_options, ensure_topics
 from router.observability.metrics import Metrics
 from router.runtime.request_ids import RequestIds
 
@@ -212,7 +212,7 @@ class KafkaQueue:
     async def open(self) -> None:
         if self._producer is not None:
             return
-        await self._create_topics()
+        await ensure_topics(self._kafka, [self.topic, self.delayed_topic], partitions=self.partitions)
         self._producer = await self._start_producer()
         options = client_options(self._kafka)
         session = self._kafka.session_timeout_ms
@@ -231,22 +231,6 @@ class KafkaQueue:
         self._tasks = [asyncio.create_task(self._fetch_loop(), name="kafka-queue-fetch"),
                        asyncio.create_task(self._commit_loop(), name="kafka-queue-commit")]
         self._log.info("kafka_queue.opened", topic=self.topic, group_id=self.group_id)
-
-    async def _create_topics(self) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        admin = AIOKafkaAdminClient(**client_options(self._kafka), client_id=f"{self._kafka.client_id}-admin")
-        await admin.start()
-        try:
-            brokers = len((await admin.describe_cluster()).get("brokers", [])) or 1
-            response = await admin.create_topics([
-                NewTopic(name=name, num_partitions=self.partitions, replication_factor=min(3, brokers))
-                for name in (self.topic, self.delayed_topic)])
-            for entry in response.topic_errors:
-                if entry[1] not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
-                    raise RuntimeError(f"creating the queue topic {entry[0]!r} failed: error {entry[1]}")
-        finally:
-            await admin.close()
 
     async def _start_producer(self) -> AIOKafkaProducer:
         """acks=all, idempotent where the broker grants producer ids (see the module docstring)."""

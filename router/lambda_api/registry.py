@@ -32,7 +32,7 @@ import structlog
 from pydantic import ValidationError
 
 from router.config import KafkaConfig, StreamMapping
-from router.kafka_client import client_options
+from router.kafka_client import client_options, ensure_topics
 
 FILE_NAME = "lambda-api-mappings.json"
 # How long a write waits to read itself back from the registry topic before it is reported failed.
@@ -169,7 +169,7 @@ class KafkaRegistry(Registry):
     async def open(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-        await self._create_topic()
+        await ensure_topics(self._kafka, [self.topic], partitions=1, configs={"cleanup.policy": "compact"})
         options = client_options(self._kafka)
         # No idempotent producer (Tansu has no InitProducerId, and it is not needed): every value
         # is a whole entry, so a retried duplicate is the same entry again, and writes are sent
@@ -190,24 +190,6 @@ class KafkaRegistry(Registry):
             await self.close()
             raise
         self._follower = asyncio.create_task(self._follow(), name="lambda-api-registry")
-
-    async def _create_topic(self) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-        admin = AIOKafkaAdminClient(**client_options(self._kafka))
-        await admin.start()
-        try:
-            # As many copies as the cluster allows, up to 3 (Kafka's usual production factor).
-            brokers = len((await admin.describe_cluster()).get("brokers", [])) or 1
-            response = await admin.create_topics([NewTopic(
-                name=self.topic, num_partitions=1, replication_factor=min(3, brokers),
-                topic_configs={"cleanup.policy": "compact"},
-            )])
-            for entry in response.topic_errors:
-                if entry[1] not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
-                    raise RuntimeError(f"creating the registry topic {self.topic!r} failed: error {entry[1]}")
-        finally:
-            await admin.close()
 
     async def close(self) -> None:
         if self._follower is not None:

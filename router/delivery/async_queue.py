@@ -85,6 +85,19 @@ class QueueClosed(RuntimeError):
     """The queue is not open (before `open` or after `close`)."""
 
 
+class EventTooLarge(ValueError):
+    """An event larger than its queue can store (`max_event_bytes`): never retried."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"event of {size} bytes is larger than the queue stores ({limit})")
+        self.size, self.limit = size, limit
+
+
+# SQLite keeps a TEXT value up to 1 GB; anything near that is refused long before (HTTP bodies,
+# MQTT messages), so this is only the protocol's answer.
+SQLITE_MAX_EVENT_BYTES = 1_000_000_000
+
+
 @dataclass(frozen=True)
 class QueuedEvent:
     mapping: str
@@ -365,6 +378,10 @@ class AsyncQueue:
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def max_event_bytes(self) -> int:
+        return SQLITE_MAX_EVENT_BYTES
 
     def status(self) -> dict[str, Any]:
         return {"queue": f"sqlite:{self.path}", "open": self.is_open}

@@ -59,6 +59,7 @@ from router.delivery.async_queue import (
     ClaimRequest,
     Collected,
     EnqueueResult,
+    EventTooLarge,
     LastResponse,
     MappingStats,
     PendingDelivery,
@@ -82,6 +83,8 @@ MAX_HELD = 10_000
 REVOKE_WAIT = 10.0
 FETCH_TIMEOUT_MS = 500
 FETCH_MAX_RECORDS = 2000
+# Room left in a produce request for the record's key, queue header and the batch framing.
+RECORD_OVERHEAD_BYTES = 8192
 PRODUCE_RETRY = Backoff(first=0.5, cap=10.0, jitter=True)
 
 
@@ -207,6 +210,11 @@ class KafkaQueue:
     def is_open(self) -> bool:
         return self._producer is not None
 
+    @property
+    def max_event_bytes(self) -> int:
+        """What fits in one produce request (`kafka.max_request_size`, the broker's limit too)."""
+        return self._kafka.max_request_size - RECORD_OVERHEAD_BYTES
+
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -296,6 +304,8 @@ class KafkaQueue:
         records: list[tuple[str, bytes | None, bytes, dict[str, Any]]] = []
         for event, request_id in zip(events, self._request_ids.take(len(events)), strict=True):
             body = event.event if isinstance(event.event, str) else encode_event(event.event)
+            if len(body) > self.max_event_bytes:  # ASCII JSON: characters are bytes
+                raise EventTooLarge(len(body), self.max_event_bytes)
             window = dedup_window if event.dedup_window is None else event.dedup_window
             key = f"{event.mapping}\x00{event.dedup_key}" if event.dedup_key is not None else request_id
             records.append((self.topic, key.encode(), body.encode(), {
@@ -626,7 +636,14 @@ class KafkaQueue:
         oldest = heap[0][0]
         if len(heap) < limit and oldest + window > now:
             return Collected(0, oldest + window)
-        ids = [heapq.heappop(heap)[1] for _ in range(min(limit, len(heap)))]
+        ids: list[int] = []
+        size = len('{"Records":[]}')
+        while heap and len(ids) < limit:
+            extra = len(self._records[heap[0][1]].event.event_json) + 1
+            if ids and size + extra > self.max_event_bytes:
+                break  # the rest make the next batch: one produce request holds this one
+            ids.append(heapq.heappop(heap)[1])
+            size += extra
         for event_id in ids:
             self._records[event_id].claimed = True
         batch = '{"Records":[' + ",".join(self._records[i].event.event_json for i in ids) + "]}"

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from router.config import Config
 from router.delivery.async_invoker import AsyncInvoker
-from router.delivery.async_queue import QueuedEvent
+from router.delivery.async_queue import EventTooLarge, QueuedEvent
 from router.delivery.event_queue import EventQueue
 from router.lambda_api.errors import LambdaApiError
 from router.lambda_api.mapping_shapes import function_name
@@ -104,8 +104,11 @@ class Invoke:
         if kind == "DryRun":
             return web.Response(status=204, headers=headers)
         if kind == "Event":
-            await self._queue.enqueue([QueuedEvent(mapping=f"{INVOKE_LANE_PREFIX}{name}", function=name, event=event,
-                                                   dedup_window=0)], dedup_window=0)
+            try:
+                await self._queue.enqueue([QueuedEvent(mapping=f"{INVOKE_LANE_PREFIX}{name}", function=name,
+                                                       event=event, dedup_window=0)], dedup_window=0)
+            except EventTooLarge as exc:  # the queue stores less than Lambda accepts (a Kafka queue)
+                raise _too_large(exc.size, exc.limit) from None
             self._invoker.wake()
             return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
         tail = request.headers.get("X-Amz-Log-Type") == "Tail"

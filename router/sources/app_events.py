@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from router.config import AppEventMapping
-from router.delivery.async_queue import QueuedEvent, encode_event
+from router.delivery.async_queue import EventTooLarge, QueuedEvent, Stage, encode_event
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.event_batcher import EventBatcher
 from router.delivery.event_queue import EventQueue
@@ -72,8 +72,8 @@ class AppEventRouter:
             try:
                 events.extend(self._route(payload, topic, properties, received))
             except Exception as exc:
-                await self._dead_letter.write(payload, reason=f"unreadable app event ({type(exc).__name__})",
-                                              source="mqtt-app", topic=topic)
+                reason = str(exc) if isinstance(exc, EventTooLarge) else f"unreadable app event ({type(exc).__name__})"
+                await self._dead_letter.write(payload, reason=reason, source="mqtt-app", topic=topic)
         if not events:
             return 0
         result = await self._queue.enqueue(events, dedup_window=0)
@@ -103,11 +103,13 @@ class AppEventRouter:
                                json_field=mapping.deduplication_id.json_field)
                 if key is not None:
                     key.encode()  # stored as given (an MQTT property may hold a lone surrogate)
-            if mapping.batch_size > 1:
-                record = app_record(payload, topic, received_at=received, message_id=str(uuid.uuid4()))
-                events.append(QueuedEvent(name, mapping.function_name, encode_event(record), key, stage="collect",
-                                          dedup_window=mapping.deduplication_window_seconds))
+            stage: Stage = "collect" if mapping.batch_size > 1 else "invoke"
+            if stage == "collect":
+                body = encode_event(app_record(payload, topic, received_at=received, message_id=str(uuid.uuid4())))
             else:
-                events.append(QueuedEvent(name, mapping.function_name, encode_event(event), key,
-                                          dedup_window=mapping.deduplication_window_seconds))
+                body = encode_event(event)
+            if len(body) > self._queue.max_event_bytes:
+                raise EventTooLarge(len(body), self._queue.max_event_bytes)
+            events.append(QueuedEvent(name, mapping.function_name, body, key, stage=stage,
+                                      dedup_window=mapping.deduplication_window_seconds))
         return events

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import structlog
 
 from router.config import BucketMapping, Config
-from router.delivery.async_queue import EnqueueResult, QueuedEvent, encode_event
+from router.delivery.async_queue import EnqueueResult, EventTooLarge, QueuedEvent, encode_event
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.event_queue import EventQueue
 from router.events.dedup import dedup_key
@@ -126,7 +126,7 @@ class NotificationRouter:
                 # intake goes on. Were it raised, MQTT would withhold its PUBACK and, since
                 # acknowledgements go in order, everything behind it, for good; the webhook would
                 # answer 503 to every retry. Only the queue's own errors (below) are retried.
-                reason = str(exc) if isinstance(exc, MalformedNotification) else (
+                reason = str(exc) if isinstance(exc, MalformedNotification | EventTooLarge) else (
                     f"unreadable notification ({type(exc).__name__})")
                 dead_letter = await self._dead_letter.write(payload, reason=reason, source=source, topic=topic)
                 self._count(source, "malformed")
@@ -189,6 +189,8 @@ class NotificationRouter:
                     self._metrics.filtered_out_records.labels(mapping=name).inc()
                     continue
                 body = encode_event({"Records": [record]})
+                if len(body) > self._queue.max_event_bytes:
+                    raise EventTooLarge(len(body), self._queue.max_event_bytes)
                 events.append((mapping.deduplication_window_seconds,
                                QueuedEvent(name, mapping.function_name, body, key)))
         matched_any = unmatched < len(parsed.events)

@@ -8,14 +8,17 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import aiomqtt
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from test_push_support import config_data, make_config, running, wait_connected, wait_until
 
 from router.config import KafkaConfig
 from router.delivery.async_queue import QueuedEvent, StoredEvent
 from router.delivery.kafka_queue import HEADER, KafkaQueue
-from router.devstack import Tansu
+from router.devstack import Mosquitto, Tansu
 
 pytestmark = pytest.mark.integration
 
@@ -97,3 +100,28 @@ async def test_the_commit_stops_at_the_oldest_unfinished_event_and_a_restart_run
         assert sorted(e.event["n"] for e in again) == [1, 2, 3]
         await asyncio.sleep(1.0)
         assert (await queue.claim("m", "invoke", 10)).events == []
+
+
+async def test_an_app_event_larger_than_the_queue_stores_is_dead_lettered_and_the_rest_go_on(
+        kafka: Tansu, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    topic = f"devices/{uuid.uuid4().hex[:8]}/clicks"
+    data = config_data(tmp_path, {"clicks": {"function_name": "fn", "mqtt_topic": topic}}, broker=mosquitto)
+    data["async_queue"] = f"kafka://kq-big-{uuid.uuid4().hex[:8]}"
+    # The smallest produce request Kafka's clients allow: an event of ~57 KB is the most it stores.
+    data["kafka"] = {"bootstrap_servers": kafka.bootstrap_servers, "session_timeout_ms": 3000,
+                     "max_request_size": 65536}
+    async with running(make_config(data)) as app:
+        assert app.mqtt is not None
+        mqtt = app.mqtt
+        await wait_connected(app)
+        big = json.dumps({"blob": "x" * 100_000}).encode()
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
+            await client.publish(topic, json.dumps({"n": 1}).encode(), qos=1)
+            await client.publish(topic, big, qos=1)
+            await client.publish(topic, json.dumps({"n": 2}).encode(), qos=1)
+        await wait_until(lambda: mqtt.status()["acknowledged"] == 3, 20, "all three acknowledged")
+        await wait_until(lambda: app.pool.status()["fn"]["invocations"] == 2, 30, "the two small ones invoked")
+        kept = [p for p in (tmp_path / "state" / "dead-letter").rglob("*.payload")]
+        assert [p.read_bytes() for p in kept] == [big]
+        (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "state" / "dead-letter").rglob("*.json")]
+        assert "larger than the queue stores" in meta["reason"], meta

@@ -92,7 +92,8 @@ def dedup_horizon(config: Config) -> float:
     """The widest deduplication window of the configured push mappings (how far back a new
     partition owner reads to learn the keys already accepted)."""
     windows = [m.deduplication_window_seconds for m in config.bucket_mappings().values()]
-    windows += [m.deduplication_window_seconds for m in config.app_event_mappings().values()]
+    windows += [m.deduplication_window_seconds for m in config.app_event_mappings().values()
+                if m.deduplication_id is not None]  # app events are deduplicated only by a named id
     return float(max(windows, default=0))
 
 
@@ -352,7 +353,7 @@ class KafkaQueue:
                 batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=FETCH_MAX_RECORDS)
             except asyncio.CancelledError:
                 raise
-            except KafkaError as exc:
+            except Exception as exc:  # the client reconnects by itself; this loop must outlive anything
                 errors += 1
                 if errors == 1:
                     self._log.warning("kafka_queue.fetch_failed", error_type=type(exc).__name__, error=str(exc)[:300])
@@ -514,7 +515,10 @@ class KafkaQueue:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(COMMIT_INTERVAL)
-            await self._commit()
+            try:
+                await self._commit()
+            except Exception as exc:  # a missed commit only means more to run again; keep committing
+                self._log.exception("kafka_queue.commit_loop_failed", error_type=type(exc).__name__)
 
     async def _commit(self, parts: Sequence[_Partition] | None = None) -> None:
         consumer = self._consumer

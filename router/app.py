@@ -121,6 +121,7 @@ class Router:
             "http_routes": self.routes.status(),
             "event_invokes": self.supervisor.invoke_status(),
             "async_queue": self.queue.status(),
+            "intake": self.supervisor.intake.state,
             "brokers": brokers,
             "functions": self.pool.status(),
             "paths": readiness(self.board, configured_paths(self.supervisor.config), detail=True),
@@ -177,7 +178,8 @@ async def build(config: Config) -> Router:
     return Router(
         config=config, metrics=metrics, board=board, pool=pool, destinations=destinations, queue=queue,
         invoker=invoker, batcher=batcher, notifications=notifications, supervisor=supervisor,
-        webhooks=WebhookReceiver(config, notifications, metrics=metrics), routes=routes, mqtt=mqtt,
+        webhooks=WebhookReceiver(config, notifications, metrics=metrics, intake=supervisor.intake), routes=routes,
+        mqtt=mqtt,
         reconciler=reconciler, registry=registry, lambda_api=api,
     )
 
@@ -208,6 +210,7 @@ async def start(app: Router) -> None:
         board=app.board, metrics=app.metrics, status=app.status, liveness=app.alive,
         paths=lambda: configured_paths(app.supervisor.config),
         admin_token=config.http.admin_token, require_token=not config.http.is_loopback,
+        intake=app.supervisor.intake, set_intake=app.supervisor.set_intake,
     ).register(http_app)
     app.webhooks.register(http_app)
     if app.lambda_api is not None:

@@ -18,6 +18,7 @@ COMMANDS = (
     "invoke",
     "dev",
     "status",
+    "intake",
     "shards",
     "reset_checkpoint",
     "replay",

@@ -36,6 +36,7 @@ import structlog
 from router.config import AppEventMapping, AsyncInvokeSettings, BucketMapping, Config, StreamMapping
 from router.delivery.async_invoker import AsyncInvoker
 from router.delivery.destinations import DestinationFactory
+from router.intake import Intake
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.routes.handler import HttpRoutes
@@ -80,9 +81,11 @@ class MappingSupervisor:
         app_events: AppEventRouter | None = None,
         metrics: Metrics,
         board: ProgressBoard,
+        intake: Intake | None = None,
         log: Any = None,
     ) -> None:
         self.config = config
+        self.intake = intake or Intake()
         self._pool = pool
         self._destinations = destinations
         self._invoker = invoker
@@ -163,6 +166,8 @@ class MappingSupervisor:
     async def _apply_mqtt(self) -> None:
         topics = sorted({*self._notifications.matcher("mqtt").topics(),
                          *(self._app_events.topics() if self._app_events is not None else [])})
+        if self.intake.paused:
+            topics = []  # see router.intake: unsubscribed, connection and session kept
         source = self._mqtt
         if source is None:
             return
@@ -170,9 +175,18 @@ class MappingSupervisor:
         if topics and not self._mqtt_started:
             await source.start()
             self._mqtt_started = True
-        elif not topics and self._mqtt_started:
+        elif not topics and self._mqtt_started and not self.intake.paused:
             await source.stop()
             self._mqtt_started = False
+
+    async def set_intake(self, paused: bool) -> None:
+        """Pause or resume this replica's intake (router.intake)."""
+        async with self._lock:
+            if paused == self.intake.paused:
+                return
+            self.intake.paused = paused
+            await self._apply_mqtt()
+        self._log.info("intake.paused" if paused else "intake.resumed")
 
     async def _apply_streams(self, config: Config, wanted: Mapping[str, StreamMapping]) -> None:
         running = {name: spec for name, spec in self._stream_specs.items() if name in self._streams}

@@ -72,7 +72,7 @@ def status_url(url: str) -> str:
     return url if url.rstrip("/").endswith("/status") else url.rstrip("/") + "/status"
 
 
-def _settings(args: argparse.Namespace) -> tuple[str, str | None]:
+def admin_address(args: argparse.Namespace) -> tuple[str, str | None]:
     """The URL to ask and the token to send, from the flags, the environment and the config."""
     token = os.environ.get(TOKEN_ENV_VAR) or None
     explicit = bool(args.config or os.environ.get(CONFIG_ENV_VAR))
@@ -93,8 +93,9 @@ def _settings(args: argparse.Namespace) -> tuple[str, str | None]:
     return url_for(http or HttpConfig()), token
 
 
-def fetch_status(url: str, token: str | None, timeout: float) -> dict[str, Any]:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+def fetch_status(url: str, token: str | None, timeout: float, *, method: str = "GET") -> dict[str, Any]:
+    """GET a daemon's JSON admin document (or POST to an admin action, `router intake`)."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"}, method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -200,7 +201,7 @@ def render(document: dict[str, Any], out: TextIO) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        url, token = _settings(args)
+        url, token = admin_address(args)
         document = fetch_status(url, token, args.timeout)
     except StatusError as exc:
         print(f"router status: {exc}", file=sys.stderr)

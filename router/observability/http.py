@@ -61,6 +61,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
 from router.config import HttpConfig
+from router.intake import Intake
 from router.observability.host_check import is_loopback_host
 from router.observability.http_limits import LimitedSite
 from router.observability.log_limit import LogLimiter
@@ -146,7 +147,11 @@ class AdminEndpoints:
         log: Any = None,
         max_loop_lag: float = MAX_LOOP_LAG_SECONDS,
         lag_probe: LoopLagProbe | None = None,
+        intake: Intake | None = None,
+        set_intake: Callable[[bool], Awaitable[None]] | None = None,
     ) -> None:
+        self.intake = intake or Intake()
+        self.set_intake = set_intake
         self.board = board
         self.metrics = metrics
         self.status = status
@@ -168,6 +173,9 @@ class AdminEndpoints:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self._guarded(self.metrics_text))
         app.router.add_get("/status", self._guarded(self.status_json))
+        if self.set_intake is not None:
+            app.router.add_post("/intake/pause", self._guarded(self.pause_intake))
+            app.router.add_post("/intake/resume", self._guarded(self.resume_intake))
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
 
@@ -232,7 +240,7 @@ class AdminEndpoints:
         """Per path (observability/readiness.py): unready only when no configured path can serve.
         Open to anyone, so it names paths and trackers, never error text."""
         by_path = readiness(self.board, self.paths(), detail=False)
-        ready = is_ready(by_path)
+        ready = is_ready(by_path) and not self.intake.paused
         if ready != self._last_ready:  # log the transition once, not once per probe
             if ready:
                 self.log.info("router.ready")
@@ -241,9 +249,27 @@ class AdminEndpoints:
             self._last_ready = ready
         body: dict[str, Any] = {"status": "ready" if ready else "unready",
                                 "paths": {p: "ready" if r["ready"] else "unready" for p, r in by_path.items()}}
+        if self.intake.paused:
+            body["intake"] = "paused"  # router.intake: out of the Service while it is emptied
         if not ready:
             body["problems"] = sorted({problem for r in by_path.values() for problem in r["problems"]})
         return web.json_response(body, status=200 if ready else 503, dumps=_dumps)
+
+    async def pause_intake(self, request: web.Request) -> web.Response:
+        return await self._set_intake(True, request)
+
+    async def resume_intake(self, request: web.Request) -> web.Response:
+        return await self._set_intake(False, request)
+
+    async def _set_intake(self, paused: bool, request: web.Request) -> web.Response:
+        assert self.set_intake is not None
+        if "Origin" in request.headers:
+            # Browsers send Origin with every cross-site POST; `router intake` and curl do not. A
+            # page in the operator's browser must not pause a loopback daemon.
+            return web.json_response({"status": "forbidden", "detail": "admin actions take no Origin"},
+                                     status=403, dumps=_dumps)
+        await self.set_intake(paused)
+        return web.json_response({"intake": self.intake.state}, dumps=_dumps)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         response = web.Response(body=self.metrics.render())

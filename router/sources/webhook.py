@@ -25,6 +25,7 @@ from aiohttp import web
 
 from router.config import Config
 from router.events.s3 import Store
+from router.intake import Intake
 from router.observability.log_limit import LogLimiter
 from router.observability.metrics import Metrics
 from router.sources.bucket_notifications import NotificationRouter
@@ -39,7 +40,9 @@ class _TooLarge(Exception):
 
 
 class WebhookReceiver:
-    def __init__(self, config: Config, router: NotificationRouter, *, metrics: Metrics, log: Any = None) -> None:
+    def __init__(self, config: Config, router: NotificationRouter, *, metrics: Metrics,
+                 intake: Intake | None = None, log: Any = None) -> None:
+        self._intake = intake or Intake()
         token = config.http.webhook_token
         self._token = token.get_secret_value().encode("utf-8") if token is not None else None
         self._max_body = config.http.max_body_bytes
@@ -92,6 +95,10 @@ class WebhookReceiver:
                               authorization="missing" if "Authorization" not in request.headers else "wrong")
             return web.json_response({"error": "unauthorized"}, status=401,
                                      headers={"WWW-Authenticate": 'Bearer realm="router"'})
+        if self._intake.paused:  # router.intake: this replica is being emptied; another takes it
+            self._count(source, "paused")
+            return web.json_response({"error": "intake paused on this replica; retry"}, status=503,
+                                     headers={"Retry-After": "1"})
         try:
             body = await self._read(request)
         except _TooLarge:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
 import statistics
@@ -216,17 +217,25 @@ async def child(config_path: str, total: int) -> None:
     first: float | None = None
     cpu_first = (0.0, 0.0)
     parsing_first = 0.0
+    # ROUTER_BENCH_PROFILE=PATH: cProfile the daemon's loop while it drains (inflates its CPU).
+    profile_path = os.environ.get("ROUTER_BENCH_PROFILE")
+    profiler = cProfile.Profile() if profile_path else None
     while True:
         checkpoints = runner.checkpoints().values()
         if first is None and checkpoints:
             first = time.perf_counter()  # shards assigned: fetching starts
             cpu_first = cpu()
             parsing_first = parsing[0]
+            if profiler is not None:
+                profiler.enable()
         if sum(max(0, cp.committed) for cp in checkpoints) >= total:
             break
         await asyncio.sleep(0.002)
     elapsed = time.perf_counter() - (first or time.perf_counter())
     cpu_last = cpu()
+    if profiler is not None and profile_path:
+        profiler.disable()
+        profiler.dump_stats(profile_path)
     print(json.dumps({"rate": total / elapsed, "elapsed": elapsed, "daemon_cpu": cpu_last[0] - cpu_first[0],
                       "workers_cpu": cpu_last[1] - cpu_first[1], "aiokafka_parsing": parsing[0] - parsing_first}),
           flush=True)

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from router.commands import add_config_argument
-from router.commands.status import StatusError, admin_address, fetch_status
+from router.commands.status import StatusError, admin_address, admin_request
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         status_url, token = admin_address(args)
         url = status_url.rstrip("/").removesuffix("/status") + f"/intake/{args.action}"
-        answer = fetch_status(url, token, args.timeout, method="POST")
+        answer = admin_request(url, token, args.timeout, method="POST")
     except StatusError as exc:
         print(f"router intake: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -93,8 +93,8 @@ def admin_address(args: argparse.Namespace) -> tuple[str, str | None]:
     return url_for(http or HttpConfig()), token
 
 
-def fetch_status(url: str, token: str | None, timeout: float, *, method: str = "GET") -> dict[str, Any]:
-    """GET a daemon's JSON admin document (or POST to an admin action, `router intake`)."""
+def admin_request(url: str, token: str | None, timeout: float, *, method: str = "GET") -> dict[str, Any]:
+    """A JSON admin document of a running daemon: GET /status, or POST an action (`router intake`)."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"}, method=method)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -114,7 +114,7 @@ def fetch_status(url: str, token: str | None, timeout: float, *, method: str = "
     except ValueError:
         raise StatusError(f"{url}: the answer is not JSON; is this a router admin address?") from None
     if not isinstance(document, dict):
-        raise StatusError(f"{url}: the answer is not a status document")
+        raise StatusError(f"{url}: the answer is not a JSON object")
     return document
 
 
@@ -202,7 +202,7 @@ def render(document: dict[str, Any], out: TextIO) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         url, token = admin_address(args)
-        document = fetch_status(url, token, args.timeout)
+        document = admin_request(url, token, args.timeout)
     except StatusError as exc:
         print(f"router status: {exc}", file=sys.stderr)
         return exc.exit_code

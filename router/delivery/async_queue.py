@@ -116,8 +116,17 @@ def encode_event(event: dict[str, Any]) -> str:
     return json.dumps(event, separators=(",", ":"))
 
 
-def _encoded(event: dict[str, Any] | str) -> str:
+def event_json(event: dict[str, Any] | str) -> str:
+    """A QueuedEvent's payload as stored: its JSON text, encoded here unless a source did already."""
     return event if isinstance(event, str) else encode_event(event)
+
+
+def fitting(body: str, limit: int) -> str:
+    """`body`, or EventTooLarge when a queue that stores `limit` cannot take it (the JSON is ASCII,
+    so its characters are its bytes)."""
+    if len(body) > limit:
+        raise EventTooLarge(len(body), limit)
+    return body
 
 
 @dataclass(frozen=True)
@@ -546,7 +555,7 @@ class AsyncQueue:
             return EnqueueResult(0, 0)
         now = self._clock()
         rows = [
-            (e.mapping, e.function, _encoded(e.event), request_id, e.dedup_key, e.stage,
+            (e.mapping, e.function, event_json(e.event), request_id, e.dedup_key, e.stage,
              dedup_window if e.dedup_window is None else e.dedup_window)
             for e, request_id in zip(events, self._request_ids.take(len(events)), strict=True)
         ]

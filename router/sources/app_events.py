@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from router.config import AppEventMapping
-from router.delivery.async_queue import EventTooLarge, QueuedEvent, Stage, encode_event
+from router.delivery.async_queue import EventTooLarge, QueuedEvent, Stage, encode_event, fitting
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.event_batcher import EventBatcher
 from router.delivery.event_queue import EventQueue
@@ -108,8 +108,7 @@ class AppEventRouter:
                 body = encode_event(app_record(payload, topic, received_at=received, message_id=str(uuid.uuid4())))
             else:
                 body = encode_event(event)
-            if len(body) > self._queue.max_event_bytes:
-                raise EventTooLarge(len(body), self._queue.max_event_bytes)
-            events.append(QueuedEvent(name, mapping.function_name, body, key, stage=stage,
+            events.append(QueuedEvent(name, mapping.function_name, fitting(body, self._queue.max_event_bytes), key,
+                                      stage=stage,
                                       dedup_window=mapping.deduplication_window_seconds))
         return events

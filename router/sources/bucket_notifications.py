@@ -21,7 +21,7 @@ from typing import Any, Literal
 import structlog
 
 from router.config import BucketMapping, Config
-from router.delivery.async_queue import EnqueueResult, EventTooLarge, QueuedEvent, encode_event
+from router.delivery.async_queue import EnqueueResult, EventTooLarge, QueuedEvent, encode_event, fitting
 from router.delivery.dead_letter import DeadLetter
 from router.delivery.event_queue import EventQueue
 from router.events.dedup import dedup_key
@@ -188,9 +188,7 @@ class NotificationRouter:
                     # Lambda's filter criteria, on the record as the function would receive it.
                     self._metrics.filtered_out_records.labels(mapping=name).inc()
                     continue
-                body = encode_event({"Records": [record]})
-                if len(body) > self._queue.max_event_bytes:
-                    raise EventTooLarge(len(body), self._queue.max_event_bytes)
+                body = fitting(encode_event({"Records": [record]}), self._queue.max_event_bytes)
                 events.append((mapping.deduplication_window_seconds,
                                QueuedEvent(name, mapping.function_name, body, key)))
         matched_any = unmatched < len(parsed.events)

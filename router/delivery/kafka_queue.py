@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from router.config import Config, KafkaConfig
@@ -59,7 +59,6 @@ from router.delivery.async_queue import (
     ClaimRequest,
     Collected,
     EnqueueResult,
-    EventTooLarge,
     LastResponse,
     MappingStats,
     PendingDelivery,
@@ -67,7 +66,8 @@ from router.delivery.async_queue import (
     QueuedEvent,
     Stage,
     StoredEvent,
-    encode_event,
+    event_json,
+    fitting,
 )
 from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
@@ -124,29 +124,37 @@ class _Held:
     claimed: bool = False
 
 
-def _meta_of(event: StoredEvent, dedup_key: str | None = None, window: float = 0.0) -> dict[str, Any]:
-    return {
-        "mapping": event.mapping, "function": event.function, "request_id": event.request_id,
-        "accepted_at": event.accepted_at, "due_at": event.due_at, "stage": event.stage,
-        "invoke_count": event.invoke_count, "system_errors": event.system_errors,
-        "last_response": event.last_response.to_json() if event.last_response else None,
-        "delivery": event.delivery.to_json() if event.delivery else None,
-        "delivery_attempts": event.delivery_attempts, "dedup_key": dedup_key, "dedup_window": window,
-    }
+def _fresh_meta(mapping: str, function: str, request_id: str, at: float, stage: Stage, *,
+                dedup_key: str | None = None, dedup_window: float = 0.0) -> dict[str, Any]:
+    """The queue fields of an event before its first attempt (the header `_decode` reads back)."""
+    return {"mapping": mapping, "function": function, "request_id": request_id, "accepted_at": at,
+            "due_at": at, "stage": stage, "invoke_count": 0, "system_errors": 0, "last_response": None,
+            "delivery": None, "delivery_attempts": 0, "dedup_key": dedup_key, "dedup_window": dedup_window}
 
 
 def _headers(meta: dict[str, Any]) -> list[tuple[str, bytes]]:
     return [(HEADER, json.dumps(meta, separators=(",", ":")).encode())]
 
 
-def _decode(record: ConsumerRecord[bytes, bytes]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """A queue record's header and the StoredEvent fields it gives, or None for anything else (a
-    record someone else wrote to the topic, a damaged one): one bad record must not stop a partition."""
+def _header(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any] | None:
+    """A queue record's fields (its header's JSON object), or None for a record that has none."""
     raw = next((value for name, value in record.headers or () if name == HEADER), None)
-    if raw is None or record.value is None:
+    if raw is None:
         return None
     try:
         meta = json.loads(raw)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _decode(record: ConsumerRecord[bytes, bytes]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A queue record's header and the StoredEvent fields it gives, or None for anything else (a
+    record someone else wrote to the topic, a damaged one): one bad record must not stop a partition."""
+    meta = _header(record)
+    if meta is None or record.value is None:
+        return None
+    try:
         stage = meta["stage"]
         if stage not in ("collect", "invoke", "deliver"):
             return None
@@ -162,6 +170,26 @@ def _decode(record: ConsumerRecord[bytes, bytes]) -> tuple[dict[str, Any], dict[
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return meta, fields
+
+
+def is_copy(seen: dict[str, float], meta: dict[str, Any]) -> bool:
+    """Whether an event repeats one accepted within its dedup window (Lambda's S3 trigger runs a
+    notification once); a first copy is remembered. The same rule on the same records gives the
+    same answers, which is how a new partition owner rebuilds `seen` from the log."""
+    key = meta.get("dedup_key")
+    if key is None:
+        return False
+    try:
+        scope = f"{meta['mapping']}\x00{key}"
+        accepted_at = float(meta["accepted_at"])
+        window = float(meta.get("dedup_window") or 0)
+    except (KeyError, TypeError, ValueError):
+        return False
+    last = seen.get(scope)
+    if last is not None and last >= accepted_at - window:
+        return True
+    seen[scope] = accepted_at
+    return False
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -304,27 +332,25 @@ class KafkaQueue:
         now = self._clock()
         records: list[tuple[str, bytes | None, bytes, dict[str, Any]]] = []
         for event, request_id in zip(events, self._request_ids.take(len(events)), strict=True):
-            body = event.event if isinstance(event.event, str) else encode_event(event.event)
-            if len(body) > self.max_event_bytes:  # ASCII JSON: characters are bytes
-                raise EventTooLarge(len(body), self.max_event_bytes)
+            body = fitting(event_json(event.event), self.max_event_bytes)
             window = dedup_window if event.dedup_window is None else event.dedup_window
             key = f"{event.mapping}\x00{event.dedup_key}" if event.dedup_key is not None else request_id
-            records.append((self.topic, key.encode(), body.encode(), {
-                "mapping": event.mapping, "function": event.function, "request_id": request_id,
-                "accepted_at": now, "due_at": now, "stage": event.stage, "invoke_count": 0,
-                "system_errors": 0, "last_response": None, "delivery": None, "delivery_attempts": 0,
-                "dedup_key": event.dedup_key, "dedup_window": window,
-            }))
+            records.append((self.topic, key.encode(), body.encode(), _fresh_meta(
+                event.mapping, event.function, request_id, now, event.stage, dedup_key=event.dedup_key,
+                dedup_window=window)))
         await self._produce(records)
         return EnqueueResult(accepted=len(events), duplicates=0)
 
-    async def _settle_by_producing(self, event_id: int, meta: dict[str, Any]) -> None:
-        """The event's next step goes to the delayed topic; only then is this record finished.
-        A broker that is down is waited for (the record stays unfinished, so nothing is lost if we
-        die meanwhile) unless the partition moved to another replica, which runs it again."""
+    async def _settle_by_producing(self, event_id: int, **changes: Any) -> None:
+        """The event's next step (its queue fields with `changes`) goes to the delayed topic; only
+        then is this record finished. A broker that is down is waited for (the record stays
+        unfinished, so nothing is lost if we die meanwhile) unless the partition moved to another
+        replica, which runs it again."""
+        self._check_open()
         held = self._records.get(event_id)
         if held is None:
-            return
+            return  # its partition moved away: the new owner runs it from its committed offset
+        meta = {**held.meta, **changes, "dedup_key": None}  # a later attempt is no new notification
         failures = 0
         while True:
             try:
@@ -394,33 +420,28 @@ class KafkaQueue:
     def _take(self, part: _Partition, record: ConsumerRecord[bytes, bytes]) -> bool:
         """One fetched record: learn its dedup key, or hold it for the invoker. True when held."""
         offset = record.offset
-        if offset >= part.start and offset < part.checkpoint.next_offset:
+        if offset < part.start:  # finished by an earlier owner: only what it says about copies
+            if part.dedup is not None and (meta := _header(record)) is not None:
+                is_copy(part.dedup, meta)
+            return False
+        if offset < part.checkpoint.next_offset:
             return False  # fetched again after a seek: already held or finished
-        fresh = offset >= part.start
-        if fresh:
-            part.checkpoint.track(offset)
+        part.checkpoint.track(offset)
         decoded = _decode(record)
-        if decoded is None:
-            if fresh:  # not ours or damaged: skipped, never a reason to stop the partition
-                self._log.error("kafka_queue.record_unreadable", topic=part.tp.topic, shard=part.tp.partition,
-                                sequence_number=offset, outcome="skipped")
-                part.checkpoint.done([offset])
+        if decoded is None:  # not ours or damaged: skipped, never a reason to stop the partition
+            self._log.error("kafka_queue.record_unreadable", topic=part.tp.topic, shard=part.tp.partition,
+                            sequence_number=offset, outcome="skipped")
+            part.checkpoint.done([offset])
             return False
         meta, fields = decoded
-        if part.dedup is not None and meta.get("dedup_key") is not None:
-            scope = f"{fields['mapping']}\x00{meta['dedup_key']}"
-            seen = part.dedup.get(scope)
-            if seen is not None and seen >= fields["accepted_at"] - float(meta.get("dedup_window") or 0):
-                if fresh:
-                    part.checkpoint.done([offset])
-                    if self.metrics is not None:
-                        self.metrics.duplicate_notifications.labels(mapping=fields["mapping"]).inc()
+        if part.dedup is not None:
+            if is_copy(part.dedup, meta):
+                part.checkpoint.done([offset])
+                if self.metrics is not None:
+                    self.metrics.duplicate_notifications.labels(mapping=fields["mapping"]).inc()
                 return False
-            part.dedup[scope] = fields["accepted_at"]
-        if not fresh:
-            return False
-        if part.dedup is not None and self.metrics is not None:
-            self.metrics.async_events_received.labels(mapping=fields["mapping"]).inc()
+            if self.metrics is not None:
+                self.metrics.async_events_received.labels(mapping=fields["mapping"]).inc()
         self._next_id += 1
         event_id = self._next_id
         event = StoredEvent(id=event_id, **fields)
@@ -531,7 +552,7 @@ class KafkaQueue:
             return
         try:
             await consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+        except KafkaError as exc:  # refused after a rebalance (fenced), or the broker is away
             self._log.warning("kafka_queue.commit_failed", error_type=type(exc).__name__,
                               error=str(exc).splitlines()[0][:300] if str(exc) else "")
             return
@@ -588,28 +609,19 @@ class KafkaQueue:
         self, event_id: int, *, due_at: float, invoke_count: int, system_errors: int,
         last_response: LastResponse | None, last_error: str | None,
     ) -> None:
-        self._check_open()
-        held = self._records.get(event_id)
-        if held is None:
-            return
-        meta = {**held.meta, "due_at": due_at, "invoke_count": invoke_count, "system_errors": system_errors,
-                "dedup_key": None, "last_error": last_error}
+        changes: dict[str, Any] = {"due_at": due_at, "invoke_count": invoke_count, "system_errors": system_errors,
+                                   "last_error": last_error}
         if last_response is not None:
-            meta["last_response"] = last_response.to_json()
-        await self._settle_by_producing(event_id, meta)
+            changes["last_response"] = last_response.to_json()
+        await self._settle_by_producing(event_id, **changes)
 
     async def park_delivery(
         self, event_id: int, *, delivery: PendingDelivery, due_at: float, delivery_attempts: int,
         invoke_count: int, last_error: str | None,
     ) -> None:
-        self._check_open()
-        held = self._records.get(event_id)
-        if held is None:
-            return
-        meta = {**held.meta, "stage": "deliver", "delivery": delivery.to_json(), "due_at": due_at,
-                "delivery_attempts": delivery_attempts, "invoke_count": invoke_count, "dedup_key": None,
-                "last_error": last_error}
-        await self._settle_by_producing(event_id, meta)
+        await self._settle_by_producing(
+            event_id, stage="deliver", delivery=delivery.to_json(), due_at=due_at,
+            delivery_attempts=delivery_attempts, invoke_count=invoke_count, last_error=last_error)
 
     # -- collecting app events into batches --------------------------------------------------------
 
@@ -652,9 +664,7 @@ class KafkaQueue:
             self._records[event_id].claimed = True
         batch = '{"Records":[' + ",".join(self._records[i].event.event_json for i in ids) + "]}"
         request_id = self._request_ids.next()
-        meta = {"mapping": mapping, "function": function, "request_id": request_id, "accepted_at": oldest,
-                "due_at": now, "stage": "invoke", "invoke_count": 0, "system_errors": 0, "last_response": None,
-                "delivery": None, "delivery_attempts": 0, "dedup_key": None, "dedup_window": 0}
+        meta = {**_fresh_meta(mapping, function, request_id, now, "invoke"), "accepted_at": oldest}
         try:
             await self._produce([(self.delayed_topic, request_id.encode(), batch.encode(), meta)])
         except BaseException:

@@ -358,6 +358,12 @@ def test_kafka_queue_overlay_keeps_no_state_on_the_pod(version: str) -> None:
     state_mount = next(p for p in mounts if config.state_dir.is_relative_to(p))
     assert "emptyDir" in volumes[mounts[state_mount]]
     assert config.async_queue == "kafka://router-async-queue" and config.kafka is not None
+    # Where kubectl is installed, kustomize itself renders the overlay to the same StatefulSet.
+    if version == KUBERNETES_VERSIONS[0] and shutil.which("kubectl"):
+        rendered = subprocess.run(["kubectl", "kustomize", str(K8S_KAFKA_QUEUE)], capture_output=True, text=True,
+                                  check=True, timeout=60).stdout
+        [built] = [doc for doc in yaml.safe_load_all(rendered) if doc and doc["kind"] == "StatefulSet"]
+        assert built["spec"] == statefulset["spec"]
     # The base (SQLite) configuration leaves the queue in state_dir.
     base = load_manifests()
     [base_container] = base["StatefulSet"]["spec"]["template"]["spec"]["containers"]

@@ -56,8 +56,8 @@ from router.delivery.tumbling_window import (
 )
 from router.events.kinesis import (
     MAX_INVOCATION_PAYLOAD_BYTES,
+    FetchedRecord,
     KinesisEventBuilder,
-    SourceRecord,
     StreamRecord,
     event_size,
 )
@@ -184,7 +184,7 @@ class ShardProcessor:
 
     # -- intake (called by the source, never blocks) -----------------------------------------------
 
-    def add(self, records: Sequence[SourceRecord]) -> None:
+    def add(self, records: Sequence[FetchedRecord]) -> None:
         """Take fetched records (shard order). A stopping shard drops them; offsets seen before (a
         re-fetch after a seek) are ignored."""
         if self._stopping.is_set():

@@ -32,7 +32,7 @@ import json as _json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from router.config import Config
 from router.runtime import kinesis_batch
@@ -98,20 +98,10 @@ class StreamRecord:
         return self.value
 
 
-class SourceRecord(Protocol):
-    """What a source hands over per record (aiokafka's ConsumerRecord has these)."""
-
-    @property
-    def offset(self) -> int: ...
-
-    @property
-    def key(self) -> bytes | None: ...
-
-    @property
-    def value(self) -> bytes | None: ...
-
-    @property
-    def timestamp(self) -> int: ...
+# What a source hands over per record: (offset, key, value, timestamp in ms). A plain tuple, because
+# the two Kafka clients hand over different objects (aiokafka's ConsumerRecord has attributes,
+# librdkafka's Message has methods) and unpacking a tuple is the cheapest thing both can become.
+FetchedRecord = tuple[int, bytes | None, bytes | None, int]
 
 
 class KinesisEventBuilder:
@@ -134,9 +124,9 @@ class KinesisEventBuilder:
         self._keys: dict[bytes, tuple[str, int]] = {}
 
     def stream_record(self, offset: int, key: bytes | None, value: bytes | None, timestamp_ms: int) -> StreamRecord:
-        return self.stream_records([_Fetched(offset, key, value, timestamp_ms)])[0]
+        return self.stream_records([(offset, key, value, timestamp_ms)])[0]
 
-    def stream_records(self, records: Sequence[SourceRecord], after: int = -1) -> list[StreamRecord]:
+    def stream_records(self, records: Sequence[FetchedRecord], after: int = -1) -> list[StreamRecord]:
         """Records as the delivery path wants them, skipping offsets up to `after`.
 
         This loop runs once per record of every stream, hence the inlining and the shortcuts (the
@@ -150,14 +140,12 @@ class KinesisEventBuilder:
         keys = self._keys
         if len(keys) > _KEY_CACHE_SIZE:
             keys.clear()
-        first, last = len(str(records[0].offset)), len(str(records[-1].offset))
+        first, last = len(str(records[0][0])), len(str(records[-1][0]))
         # key, the sequence number twice (sequenceNumber, eventID), base64 data, arrival time
         fixed = self._fixed_size + 2 * first if first == last else -1
-        for r in records:
-            offset = r.offset
+        for offset, key, value, timestamp in records:
             if offset <= after:
                 continue
-            key = r.key
             if key is None:
                 pkey = str(offset)
                 key_size = len(pkey) + 2
@@ -166,7 +154,6 @@ class KinesisEventBuilder:
                 if known is None:
                     known = keys[key] = _key(key)
                 pkey, key_size = known
-            timestamp = r.timestamp
             if 1_000_000_000_000 <= timestamp < 10_000_000_000_000:
                 # 2001..2286: JSON shows 10 integer digits, a point and the milliseconds without
                 # trailing zeros ("1700000000.12", "1700000000.0"). repr() says the same, slower.
@@ -174,7 +161,7 @@ class KinesisEventBuilder:
                 arrival_size = 14 if ms % 10 else 13 if ms % 100 else 12
             else:
                 arrival_size = len(repr(timestamp / 1000))
-            value = r.value or b""
+            value = value or b""
             size = key_size + 4 * ((len(value) + 2) // 3) + arrival_size
             size += fixed if fixed >= 0 else self._fixed_size + 2 * len(str(offset))
             append(StreamRecord(offset, pkey, timestamp / 1000, value, size))
@@ -206,14 +193,6 @@ def _key(key: bytes) -> tuple[str, int]:
     if pkey.isascii() and pkey.isprintable() and '"' not in pkey and "\\" not in pkey:
         return pkey, len(pkey) + 2
     return pkey, len(_json.dumps(pkey))
-
-
-@dataclass(slots=True)
-class _Fetched:
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
 
 
 def event_size(records: Sequence[StreamRecord]) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from aiokafka.structs import ConsumerRecord
 from router.config import Config, KafkaConfig, StreamMapping
 from router.delivery.backoff import Backoff
 from router.delivery.checkpoint import ShardCheckpoint
+from router.events.kinesis import FetchedRecord
 from router.kafka_client import client_options
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
@@ -127,7 +128,7 @@ class ShardOwner(Protocol):
 
     def release(self, partitions: set[int]) -> None: ...
 
-    def records(self, partition: int, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+    def records(self, partition: int, records: Sequence[FetchedRecord]) -> bool:
         """Take fetched records; False when the partition has no shard yet (fetch them again)."""
         ...
 
@@ -177,18 +178,16 @@ class Committer:
         return any(cp.dirty for cp in self._checkpoints().values())
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, source: KafkaStreamSource) -> None:
-        self._source = source
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._source._revoked({tp.partition for tp in revoked})
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._source._assigned({tp.partition for tp in assigned})
+class CommitRefused(Exception):
+    """The group refused a commit because this member no longer owns the shard (a newer generation
+    does): the checkpoint stays where the group last acknowledged it."""
 
 
-class KafkaStreamSource:
+class StreamSource:
+    """What both Kafka client backends share: shard bookkeeping, start positions, hand-back on
+    revocation, commits and their fencing, broker health, status. A backend supplies the consumer:
+    its lifecycle and fetch loop, and the few calls below marked "backend"."""
+
     def __init__(
         self,
         name: str,
@@ -203,17 +202,15 @@ class KafkaStreamSource:
         self.name = name
         self.mapping = mapping
         self.topic = mapping.kafka_topic
+        self.group_id = mapping.group_id(name)
         self._config = config
+        self._kafka = config.kafka or KafkaConfig()
         self._owner = owner
         self._metrics = metrics
         self._broker = board.tracker("kafka", kind="broker")
         self._log = (log or structlog.get_logger("router.sources.kafka")).bind(mapping=name)
-        self._options = consumer_options(config, name, mapping)
         self.committer = Committer(self._commit_offsets, owner.checkpoints)
-        self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
-        self._supervisor: asyncio.Task[None] | None = None
-        self._prober: asyncio.Task[None] | None = None
         self._connected: bool | None = None
         self._commit_problem: str | None = None
         self._unstarted: set[int] = set()  # assigned shards whose setup failed (retried by the probe)
@@ -222,6 +219,243 @@ class KafkaStreamSource:
         self.state = "Creating"
         self.last_error: str | None = None
         self._backoff = Backoff(0.5, 30.0, jitter=True)
+
+    # -- backend -------------------------------------------------------------------------------------
+
+    def _assignment(self) -> set[int]:
+        """Partitions of the topic the consumer owns now (empty without a consumer)."""
+        raise NotImplementedError
+
+    async def _commit(self, offsets: dict[int, int]) -> None:
+        """Commit these offsets; CommitRefused when the group fenced us off, another error when the
+        commit did not happen for any other reason."""
+        raise NotImplementedError
+
+    async def _committed(self, partitions: list[int]) -> dict[int, int | None]:
+        raise NotImplementedError
+
+    async def _beginnings(self, partitions: list[int]) -> dict[int, int]:
+        raise NotImplementedError
+
+    async def _ends(self, partitions: list[int]) -> dict[int, int]:
+        raise NotImplementedError
+
+    async def _offsets_for_time(self, partitions: list[int], timestamp_ms: int) -> dict[int, int | None]:
+        raise NotImplementedError
+
+    async def _assigned(self, partitions: set[int]) -> None:
+        """Set up shards the group gave us (also the retry of a failed setup)."""
+        raise NotImplementedError
+
+    async def _probe(self) -> bool:
+        """Ask the broker something cheap (raise when it does not answer), telling the owner the
+        assigned shards' high watermarks on the way; False when there is no consumer to ask."""
+        raise NotImplementedError
+
+    def _pause_partition(self, partition: int) -> None:
+        raise NotImplementedError
+
+    def _resume_partition(self, partition: int) -> None:
+        raise NotImplementedError
+
+    # -- shards --------------------------------------------------------------------------------------
+
+    async def _hand_back(self, partitions: set[int], timeout: float | None) -> None:
+        """Drain the shards, commit what they finished (we still own them), forget them."""
+        try:
+            await self._owner.drain(partitions, timeout)
+            await self.committer.flush()
+        finally:
+            self._owner.release(partitions)
+
+    async def _revoked(self, partitions: set[int]) -> None:
+        self._unstarted -= partitions
+        self._full -= partitions
+        self._room.set()  # the fetch loop re-reads the assignment
+        if partitions:
+            self._log.info("stream.shards_revoked", shards=sorted(partitions))
+        try:
+            await self._hand_back(partitions, None)
+        except Exception as exc:
+            self._log.exception("stream.revoke_failed", error_type=type(exc).__name__)
+
+    async def _setup_shards(self, partitions: set[int], starts: Mapping[int, ShardStart]) -> None:
+        """The consumer reads the shards from `starts`: give them to the owner, and commit a LATEST
+        position at once (see the module docstring)."""
+        await self._owner.shards_assigned(starts)
+        self._log.info("stream.shards_assigned", shards=sorted(partitions),
+                       positions={p: s.offset for p, s in starts.items()})
+        established = {p: s.offset for p, s in starts.items()
+                       if not s.committed and self.mapping.starting_position == "LATEST"}
+        if established:
+            committed = await self._commit_offsets(established)
+            for partition in committed:
+                self._owner.checkpoints()[partition].mark_committed(established[partition])
+        self._unstarted -= partitions
+
+    def _setup_failed(self, partitions: set[int], exc: BaseException) -> None:
+        """The shards stay without a processor (their records are fetched again, never lost); the
+        probe loop retries while the group still gives them to us."""
+        self._unstarted |= partitions
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._log.error("stream.assign_failed", error_type=type(exc).__name__, error=str(exc),
+                        shards=sorted(partitions))
+
+    async def _retry_unstarted(self) -> None:
+        self._unstarted &= self._assignment()
+        if self._unstarted:
+            await self._assigned(set(self._unstarted))
+
+    async def _start_positions(self, partitions: set[int]) -> dict[int, ShardStart]:
+        starts: dict[int, ShardStart] = {}
+        committed = await self._committed(sorted(partitions))
+        missing: list[int] = []
+        for partition in sorted(partitions):
+            offset = committed.get(partition)
+            if offset is not None and offset >= 0:
+                starts[partition] = ShardStart(offset, committed=True)
+            else:
+                missing.append(partition)
+        if not missing:
+            return starts
+        mapping = self.mapping
+        beginning = await self._beginnings(missing)
+        if mapping.starting_position == "TRIM_HORIZON":
+            for partition in missing:
+                starts[partition] = ShardStart(beginning[partition], committed=False)
+        elif mapping.starting_position == "LATEST":
+            end = await high_watermarks(self._kafka, self.topic, missing)
+            for partition in missing:
+                starts[partition] = ShardStart(end[partition], committed=False)
+        else:
+            stamp = float(mapping.starting_position_timestamp or 0)
+            found = await self._offsets_for_time(missing, int(stamp * 1000))
+            end = await self._ends(missing)
+            for partition in missing:
+                hit = found.get(partition)
+                offset = end[partition] if hit is None else hit
+                # Never before the trim horizon; the owner skips leading records older than stamp.
+                starts[partition] = ShardStart(max(offset, beginning[partition]), committed=False,
+                                               skip_before=stamp)
+        return starts
+
+    # -- commits ---------------------------------------------------------------------------------------
+
+    async def _commit_offsets(self, offsets: dict[int, int]) -> set[int]:
+        """Commit what the group still lets us commit; the partitions whose commit was accepted."""
+        if not offsets:
+            return set()
+        assigned = self._assignment()
+        owned = {p: o for p, o in offsets.items() if p in assigned}
+        if not owned:
+            return set()
+        try:
+            await self._commit(owned)
+        except CommitRefused as exc:
+            self._commit_failed("refused", exc.__cause__ or exc)
+            return set()
+        except Exception as exc:
+            self._commit_failed("failed", exc)
+            return set()
+        if self._commit_problem is not None:
+            self._log.info("stream.commit_recovered")
+            self._commit_problem = None
+        return set(owned)
+
+    def _commit_failed(self, how: str, exc: BaseException) -> None:
+        problem = f"{how}:{type(exc).__name__}"
+        if problem != self._commit_problem:
+            # Refused = fenced by the group generation (the shard moved on); the checkpoint stays.
+            self._log.warning(f"stream.commit_{how}", error_type=type(exc).__name__,
+                              error=(str(exc).splitlines() or [""])[0])
+            self._commit_problem = problem
+        self.last_error = f"commit {how}: {type(exc).__name__}"
+
+    # -- flow control ------------------------------------------------------------------------------
+
+    def pause(self, partition: int) -> None:
+        """The shard is full: fetch nothing more for it until resume() (the backend says how)."""
+        self._full.add(partition)
+        self._pause_partition(partition)
+
+    def resume(self, partition: int) -> None:
+        self._full.discard(partition)
+        self._room.set()
+        self._resume_partition(partition)
+
+    # -- broker health and lag ---------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            try:
+                if not await self._probe():
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._set_connected(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                continue
+            self._set_connected(True)
+            if self.committer.dirty():
+                self.committer.request()
+            if self._unstarted:
+                await self._retry_unstarted()
+
+    def _set_connected(self, up: bool, detail: str = "") -> None:
+        self._metrics.broker_connected.labels("kafka").set(1 if up else 0)
+        self._broker.set_up(up, "" if up else detail)
+        if up == self._connected:
+            return
+        self._connected = up
+        if up:
+            self._log.info("stream.broker_connected", bootstrap_servers=self._kafka.bootstrap_servers)
+        else:
+            self.last_error = detail
+            self._log.warning("stream.broker_unreachable", bootstrap_servers=self._kafka.bootstrap_servers,
+                              error=detail)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "group_id": self.group_id,
+            "topic": self.topic,
+            "broker_connected": self._connected,
+            "assigned": sorted(self._assignment()),
+            "last_error": self.last_error,
+        }
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaStreamSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._source._revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._source._assigned({tp.partition for tp in assigned})
+
+
+class KafkaStreamSource(StreamSource):
+    """The aiokafka backend (`kafka.client: aiokafka`): everything on the event loop."""
+
+    def __init__(
+        self,
+        name: str,
+        mapping: StreamMapping,
+        config: Config,
+        owner: ShardOwner,
+        *,
+        metrics: Metrics,
+        board: ProgressBoard,
+        log: Any = None,
+    ) -> None:
+        super().__init__(name, mapping, config, owner, metrics=metrics, board=board, log=log)
+        self._options = consumer_options(config, name, mapping)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -242,20 +476,10 @@ class KafkaStreamSource:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        consumer = self._consumer
-        if consumer is not None:
-            await self._hand_back({tp.partition for tp in consumer.assignment()},
-                                  max(0.1, deadline - loop.time() - 1.0))
+        if self._consumer is not None:
+            await self._hand_back(self._assignment(), max(0.1, deadline - loop.time() - 1.0))
         await self._close_consumer(max(1.0, deadline - loop.time()))
         self.state = "Disabled"
-
-    async def _hand_back(self, partitions: set[int], timeout: float | None) -> None:
-        """Drain the shards, commit what they finished (we still own them), forget them."""
-        try:
-            await self._owner.drain(partitions, timeout)
-            await self.committer.flush()
-        finally:
-            self._owner.release(partitions)
 
     async def _close_consumer(self, timeout: float) -> None:
         consumer = self._consumer
@@ -286,7 +510,7 @@ class KafkaStreamSource:
             self._set_connected(True)
             consumer.subscribe([self.topic], listener=_Listener(self))
             self.state = "Enabled"
-            self._log.info("stream.consumer_started", group_id=self._options["group_id"], topic=self.topic)
+            self._log.info("stream.consumer_started", group_id=self.group_id, topic=self.topic, client="aiokafka")
             if not first.done():
                 first.set_result(None)
             try:
@@ -297,7 +521,7 @@ class KafkaStreamSource:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._log.error("stream.consumer_failed", error_type=type(exc).__name__, error=str(exc))
                 self.state = "Reconnecting"
-                await self._hand_back({tp.partition for tp in consumer.assignment()}, None)
+                await self._hand_back(self._assignment(), None)
                 await self._close_consumer(PROBE_TIMEOUT_SECONDS)
                 await asyncio.sleep(self._backoff.delay(1))
 
@@ -322,9 +546,10 @@ class KafkaStreamSource:
                 continue
             errors = 0
             for tp, records in batches.items():
-                if records and not self._owner.records(tp.partition, records):
+                rows = [(r.offset, r.key, r.value, r.timestamp) for r in records]
+                if rows and not self._owner.records(tp.partition, rows):
                     with contextlib.suppress(IllegalStateError):
-                        consumer.seek(tp, records[0].offset)
+                        consumer.seek(tp, rows[0][0])
                 # Turning a partition's records into stream records takes a while; let finished
                 # invocations be answered in between, so environments do not sit waiting for us.
                 await asyncio.sleep(0)
@@ -361,18 +586,11 @@ class KafkaStreamSource:
             with contextlib.suppress(KafkaError):
                 await consumer.getmany(timeout_ms=0)
 
-    # -- rebalance ---------------------------------------------------------------------------------
+    # -- backend -------------------------------------------------------------------------------------
 
-    async def _revoked(self, partitions: set[int]) -> None:
-        self._unstarted -= partitions
-        self._full -= partitions
-        self._room.set()  # the fetch loop re-reads the assignment
-        if partitions:
-            self._log.info("stream.shards_revoked", shards=sorted(partitions))
-        try:
-            await self._hand_back(partitions, None)
-        except Exception as exc:
-            self._log.exception("stream.revoke_failed", error_type=type(exc).__name__)
+    def _assignment(self) -> set[int]:
+        consumer = self._consumer
+        return {tp.partition for tp in consumer.assignment()} if consumer is not None else set()
 
     async def _assigned(self, partitions: set[int]) -> None:
         consumer = self._consumer
@@ -381,173 +599,73 @@ class KafkaStreamSource:
         if consumer is None:
             return
         try:
-            starts = await self._start_positions(consumer, partitions)
+            starts = await self._start_positions(partitions)
             for partition, start in starts.items():
                 consumer.seek(TopicPartition(self.topic, partition), start.offset)
-            await self._owner.shards_assigned(starts)
-            self._log.info("stream.shards_assigned", shards=sorted(partitions),
-                           positions={p: s.offset for p, s in starts.items()})
-            established = {p: s.offset for p, s in starts.items()
-                           if not s.committed and self.mapping.starting_position == "LATEST"}
-            if established:
-                committed = await self._commit_offsets(established)
-                for partition in committed:
-                    self._owner.checkpoints()[partition].mark_committed(established[partition])
-            self._unstarted -= partitions
+            await self._setup_shards(partitions, starts)
         except Exception as exc:
-            # The shards stay without a processor (their records are fetched again, never lost);
-            # the probe loop retries while the group still gives them to us.
-            self._unstarted |= partitions
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self._log.error("stream.assign_failed", error_type=type(exc).__name__, error=str(exc),
-                            shards=sorted(partitions))
+            self._setup_failed(partitions, exc)
 
-    async def _retry_unstarted(self, consumer: AIOKafkaConsumer) -> None:
-        owned = {tp.partition for tp in consumer.assignment()}
-        self._unstarted &= owned
-        if self._unstarted:
-            await self._assigned(set(self._unstarted))
+    def _live(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise KafkaError("the consumer is closed")
+        return self._consumer
 
-    async def _start_positions(self, consumer: AIOKafkaConsumer, partitions: set[int]) -> dict[int, ShardStart]:
-        starts: dict[int, ShardStart] = {}
-        missing: list[TopicPartition] = []
-        for partition in sorted(partitions):
-            tp = TopicPartition(self.topic, partition)
-            committed = await consumer.committed(tp)
-            if committed is not None and committed >= 0:
-                starts[partition] = ShardStart(committed, committed=True)
-            else:
-                missing.append(tp)
-        if not missing:
-            return starts
-        mapping = self.mapping
-        beginning = await consumer.beginning_offsets(missing)
-        if mapping.starting_position == "TRIM_HORIZON":
-            for tp in missing:
-                starts[tp.partition] = ShardStart(beginning[tp], committed=False)
-        elif mapping.starting_position == "LATEST":
-            kafka = self._config.kafka or KafkaConfig()
-            end = await high_watermarks(kafka, self.topic, [tp.partition for tp in missing])
-            for tp in missing:
-                starts[tp.partition] = ShardStart(end[tp.partition], committed=False)
-        else:
-            stamp = float(mapping.starting_position_timestamp or 0)
-            found = await consumer.offsets_for_times({tp: int(stamp * 1000) for tp in missing})
-            end = await consumer.end_offsets(missing)
-            for tp in missing:
-                hit = found.get(tp)
-                offset = end[tp] if hit is None else hit.offset
-                # Never before the trim horizon; the owner skips leading records older than stamp.
-                starts[tp.partition] = ShardStart(max(offset, beginning[tp]), committed=False, skip_before=stamp)
-        return starts
+    def _tps(self, partitions: list[int]) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in partitions]
 
-    # -- commits ---------------------------------------------------------------------------------------
+    async def _committed(self, partitions: list[int]) -> dict[int, int | None]:
+        consumer = self._live()
+        return {tp.partition: await consumer.committed(tp) for tp in self._tps(partitions)}
 
-    async def _commit_offsets(self, offsets: dict[int, int]) -> set[int]:
-        """Commit what the group still lets us commit; the partitions whose commit was accepted."""
-        consumer = self._consumer
-        if consumer is None or not offsets:
-            return set()
-        assigned = {tp.partition for tp in consumer.assignment()}
-        owned = {TopicPartition(self.topic, p): o for p, o in offsets.items() if p in assigned}
-        if not owned:
-            return set()
+    async def _beginnings(self, partitions: list[int]) -> dict[int, int]:
+        found = await self._live().beginning_offsets(self._tps(partitions))
+        return {tp.partition: offset for tp, offset in found.items()}
+
+    async def _ends(self, partitions: list[int]) -> dict[int, int]:
+        found = await self._live().end_offsets(self._tps(partitions))
+        return {tp.partition: offset for tp, offset in found.items()}
+
+    async def _offsets_for_time(self, partitions: list[int], timestamp_ms: int) -> dict[int, int | None]:
+        found = await self._live().offsets_for_times({tp: timestamp_ms for tp in self._tps(partitions)})
+        return {tp.partition: (hit.offset if hit is not None else None) for tp, hit in found.items()}
+
+    async def _commit(self, offsets: dict[int, int]) -> None:
         try:
-            await consumer.commit(owned)
+            await self._live().commit({TopicPartition(self.topic, p): o for p, o in offsets.items()})
         except (CommitFailedError, IllegalStateError) as exc:
-            self._commit_failed("refused", exc)
-            return set()
-        except KafkaError as exc:
-            self._commit_failed("failed", exc)
-            return set()
-        if self._commit_problem is not None:
-            self._log.info("stream.commit_recovered")
-            self._commit_problem = None
-        return {tp.partition for tp in owned}
+            raise CommitRefused(str(exc)) from exc
 
-    def _commit_failed(self, how: str, exc: Exception) -> None:
-        problem = f"{how}:{type(exc).__name__}"
-        if problem != self._commit_problem:
-            # Refused = fenced by the group generation (the shard moved on); the checkpoint stays.
-            self._log.warning(f"stream.commit_{how}", error_type=type(exc).__name__, error=str(exc).splitlines()[0])
-            self._commit_problem = problem
-        self.last_error = f"commit {how}: {type(exc).__name__}"
-
-    # -- flow control ------------------------------------------------------------------------------
-
-    def pause(self, partition: int) -> None:
-        """The shard is full: fetch nothing more for it until resume().
-
-        The consumer pauses the partition (no fetch asks for it, so a broker that answers a fetch
+    def _pause_partition(self, partition: int) -> None:
+        """The consumer pauses the partition (no fetch asks for it, so a broker that answers a fetch
         with one partition's records, as Tansu does, answers for a shard that wants them) and
         getmany leaves it out: aiokafka drops what it prefetched for a paused partition only when
         getmany reaches it, so those records (one fetch at most) stay buffered and are handed over
         the moment the shard makes room, instead of being refetched behind the fetch in flight."""
-        self._full.add(partition)
         consumer = self._consumer
         if consumer is not None:
             with contextlib.suppress(IllegalStateError):
                 consumer.pause(TopicPartition(self.topic, partition))
 
-    def resume(self, partition: int) -> None:
-        self._full.discard(partition)
-        self._room.set()
+    def _resume_partition(self, partition: int) -> None:
         consumer = self._consumer
         if consumer is not None:
             with contextlib.suppress(IllegalStateError):
                 consumer.resume(TopicPartition(self.topic, partition))
 
-    # -- broker health and lag ---------------------------------------------------------------------
-
-    async def _probe_loop(self) -> None:
-        while not self._stopping.is_set():
-            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
-            consumer = self._consumer
-            if consumer is None:
-                continue
-            try:
-                assigned = list(consumer.assignment())
-                if assigned:
-                    ends = await asyncio.wait_for(consumer.end_offsets(assigned), PROBE_TIMEOUT_SECONDS)
-                    # The last fetch's high watermark is exact where ListOffsets is not (see high_watermarks).
-                    self._owner.high_watermarks({
-                        tp.partition: max(offset, consumer.highwater(tp) or 0) for tp, offset in ends.items()})
-                else:
-                    await asyncio.wait_for(consumer.topics(), PROBE_TIMEOUT_SECONDS)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._set_connected(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-                continue
-            self._set_connected(True)
-            if self.committer.dirty():
-                self.committer.request()
-            if self._unstarted:
-                await self._retry_unstarted(consumer)
-
-    def _set_connected(self, up: bool, detail: str = "") -> None:
-        self._metrics.broker_connected.labels("kafka").set(1 if up else 0)
-        self._broker.set_up(up, "" if up else detail)
-        if up == self._connected:
-            return
-        self._connected = up
-        if up:
-            self._log.info("stream.broker_connected", bootstrap_servers=self._options["bootstrap_servers"])
-        else:
-            self.last_error = detail
-            self._log.warning("stream.broker_unreachable", bootstrap_servers=self._options["bootstrap_servers"],
-                              error=detail)
-
-    def status(self) -> dict[str, Any]:
+    async def _probe(self) -> bool:
         consumer = self._consumer
-        return {
-            "state": self.state,
-            "group_id": self._options["group_id"],
-            "topic": self.topic,
-            "broker_connected": self._connected,
-            "assigned": sorted(tp.partition for tp in consumer.assignment()) if consumer is not None else [],
-            "last_error": self.last_error,
-        }
+        if consumer is None:
+            return False
+        assigned = list(consumer.assignment())
+        if assigned:
+            ends = await asyncio.wait_for(consumer.end_offsets(assigned), PROBE_TIMEOUT_SECONDS)
+            # The last fetch's high watermark is exact where ListOffsets is not (see high_watermarks).
+            self._owner.high_watermarks({
+                tp.partition: max(offset, consumer.highwater(tp) or 0) for tp, offset in ends.items()})
+        else:
+            await asyncio.wait_for(consumer.topics(), PROBE_TIMEOUT_SECONDS)
+        return True
 
 
 # -- inspection for operators (router shards, router reset-checkpoint) --------------------------------

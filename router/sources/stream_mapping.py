@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
-from aiokafka.structs import ConsumerRecord
 
 from router.config import Config, StreamMapping
 from router.delivery.checkpoint import ShardCheckpoint
 from router.delivery.destination import Destination
 from router.delivery.shard import ShardProcessor
-from router.events.kinesis import shard_id
+from router.events.kinesis import FetchedRecord, shard_id
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.runtime.pool import WorkerPool
@@ -103,7 +102,7 @@ class StreamMappingRunner:
             if shard is not None:
                 self._board.remove(f"stream:{self.name}:{shard.shard_id}")
 
-    def records(self, partition: int, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
+    def records(self, partition: int, records: Sequence[FetchedRecord]) -> bool:
         shard = self._shards.get(partition)
         if shard is None:
             return False

@@ -96,20 +96,16 @@ def test_encoded_event_and_sizes_match_json_dumps(builder: KinesisEventBuilder) 
         record = builder.stream_record(offset, rng.choice(keys), value, ts)
         assert record.size == len(_compact(builder.record(record))), record
         records.append(record)
-    class Fetched:  # what a source hands over (aiokafka's ConsumerRecord has these attributes)
-        def __init__(self, r: object, key: bytes | None, value: bytes | None, ts: int) -> None:
-            self.offset, self.key, self.value, self.timestamp = r, key, value, ts
-
     rng2 = random.Random(8)
     fetched, expected = [], []
     for offset in range(500, 800):
         key, value, ts = rng2.choice(keys), rng2.randbytes(rng2.choice([0, 5, 77])), rng2.choice([0, 1700000000123])
-        fetched.append(Fetched(offset, key, value, ts))
+        fetched.append((offset, key, value, ts))
         expected.append(builder.stream_record(offset, key, value, ts))
     assert builder.stream_records(fetched) == expected
     assert builder.stream_records(fetched, after=749) == expected[250:]
     # One fetch whose sequence numbers change length half way (999 -> 1000), keys seen before.
-    across = [Fetched(offset, keys[offset % len(keys)], b"v", 1700000000123) for offset in range(990, 1010)]
+    across = [(offset, keys[offset % len(keys)], b"v", 1700000000123) for offset in range(990, 1010)]
     assert [r.size for r in builder.stream_records(across)] == [
         len(_compact(builder.record(r))) for r in builder.stream_records(across)]
     for n in (0, 1, 2, 57, 300):

@@ -8,7 +8,7 @@ import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from router.config import load_config_data
 from router.delivery.shard import ShardProcessor
@@ -20,8 +20,7 @@ from router.runtime.protocol import PackedEvent
 from router.runtime.result import InvocationResult
 
 
-@dataclass
-class Fetched:
+class Fetched(NamedTuple):  # what a source hands over: (offset, key, value, timestamp ms)
     offset: int
     key: bytes | None
     value: bytes | None

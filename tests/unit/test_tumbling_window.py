@@ -9,7 +9,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -24,8 +24,7 @@ from router.runtime.result import InvocationResult
 T0 = 1_700_000_103.0
 
 
-@dataclass
-class Fetched:
+class Fetched(NamedTuple):  # what a source hands over: (offset, key, value, timestamp ms)
     offset: int
     key: bytes | None
     value: bytes | None

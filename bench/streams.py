@@ -147,7 +147,8 @@ def router_config(bootstrap: str, topic: str, code_path: str, concurrency: int,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "event_loop": os.environ.get("BENCH_EVENT_LOOP", "auto"),
-        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 6000},
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 6000,
+                  "client": os.environ.get("BENCH_KAFKA_CLIENT", "aiokafka")},
         "functions": {"noop": {"handler": "noop.handler", "code_path": code_path, "timeout": 30,
                                "reserved_concurrent_executions": concurrency}},
         "event_source_mappings": {"bench": {
@@ -189,7 +190,7 @@ async def child(config_path: str, total: int) -> None:
     from router.runtime.pool import WorkerPool
     from router.sources.stream_mapping import StreamMappingRunner
 
-    configure_logging(level="warning", fmt="json", stream=sys.stderr)
+    configure_logging(level=os.environ.get("BENCH_LOG_LEVEL", "warning"), fmt="json", stream=sys.stderr)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     parsing = _time_aiokafka_parsing()
     config = load_config_data(json.loads(Path(config_path).read_text()), {})
@@ -251,7 +252,7 @@ async def run_router(bootstrap: str, topic: str, total: int, workdir: Path, conc
     config_path.write_text(json.dumps(router_config(bootstrap, topic, str(workdir), concurrency, extra)))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--child", str(config_path), str(total),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=None if os.environ.get("BENCH_CHILD_STDERR") else asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     daemon = psutil.Process(proc.pid)

@@ -10,6 +10,7 @@ a mistyped secret must not end up in a terminal or a log.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -114,11 +115,20 @@ class KafkaConfig(_Model):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     client_id: str = "router"
+    # The consumer stream mappings read with: aiokafka (pure Python, on the event loop) or confluent
+    # (librdkafka: fetching and record parsing on its own threads; needs the confluent-kafka package).
+    client: Literal["aiokafka", "confluent"] = "aiokafka"
     session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
     heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 1_000
     # The producer's max.request.size for kafka:// destinations: Kafka's default, which a default
     # broker's message.max.bytes (1 MB) matches. Raise both together.
     max_request_size: Annotated[int, Field(ge=64 * 1024, le=128 * 1024 * 1024)] = 1_048_576
+
+    @model_validator(mode="after")
+    def _client_installed(self) -> KafkaConfig:
+        if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+            raise ValueError("client confluent needs the confluent-kafka package (pip install 'router-esm[confluent]')")
+        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:

@@ -1,4 +1,4 @@
-"""aiokafka connection settings from the `kafka` config section, in one place.
+"""Kafka connection settings from the `kafka` config section, in one place (aiokafka's and librdkafka's names).
 
 Consumers (the poll path, `router shards`, `reset-checkpoint`, `replay`) and the kafka://
 destination's producer all connect to the same cluster with the same security settings; building
@@ -31,6 +31,24 @@ def client_options(kafka: KafkaConfig) -> dict[str, Any]:
         options["sasl_mechanism"] = kafka.sasl_mechanism
         options["sasl_plain_username"] = kafka.sasl_username
         options["sasl_plain_password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+    return options
+
+
+def rdkafka_options(kafka: KafkaConfig) -> dict[str, Any]:
+    """The same connection and security settings in librdkafka's names (`kafka.client: confluent`)."""
+    options: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "security.protocol": kafka.security_protocol.lower(),
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        for key, path in (("ssl.ca.location", kafka.ssl_cafile), ("ssl.certificate.location", kafka.ssl_certfile),
+                          ("ssl.key.location", kafka.ssl_keyfile)):
+            if path:
+                options[key] = str(path)
+    if kafka.security_protocol.startswith("SASL"):
+        options["sasl.mechanism"] = kafka.sasl_mechanism
+        options["sasl.username"] = kafka.sasl_username
+        options["sasl.password"] = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
     return options
 
 

@@ -222,6 +222,14 @@ class StreamSource:
 
     # -- backend -------------------------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Start the consumer (or keep trying in the background if the broker is not there yet)."""
+        raise NotImplementedError
+
+    async def stop(self, timeout: float) -> None:
+        """Stop fetching, finish or abandon in-flight batches (bounded), commit, leave the group."""
+        raise NotImplementedError
+
     def _assignment(self) -> set[int]:
         """Partitions of the topic the consumer owns now (empty without a consumer)."""
         raise NotImplementedError

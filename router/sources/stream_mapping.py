@@ -23,10 +23,19 @@ from router.events.kinesis import FetchedRecord, shard_id
 from router.observability.metrics import Metrics
 from router.observability.progress import ProgressBoard
 from router.runtime.pool import WorkerPool
-from router.sources.kafka import KafkaStreamSource, ShardStart
+from router.sources.kafka import KafkaStreamSource, ShardStart, StreamSource
 
 # On revoke a shard may finish the invocation in flight: the function timeout plus this margin.
 REVOKE_MARGIN_SECONDS = 2.0
+
+
+def source_class(config: Config) -> type[StreamSource]:
+    """The Kafka client backend `kafka.client` names (confluent-kafka is imported only when chosen)."""
+    if config.kafka is not None and config.kafka.client == "confluent":
+        from router.sources.kafka_confluent import ConfluentStreamSource
+
+        return ConfluentStreamSource
+    return KafkaStreamSource
 
 
 class StreamMappingRunner:
@@ -53,7 +62,7 @@ class StreamMappingRunner:
         self._shards: dict[int, ShardProcessor] = {}
         function = config.functions.get(mapping.function_name)
         self._revoke_timeout = (function.timeout if function else 3) + REVOKE_MARGIN_SECONDS
-        self.source = KafkaStreamSource(name, mapping, config, self, metrics=metrics, board=board, log=self._log)
+        self.source = source_class(config)(name, mapping, config, self, metrics=metrics, board=board, log=self._log)
         self._started = False
 
     # -- lifecycle -----------------------------------------------------------------------------------

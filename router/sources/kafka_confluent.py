@@ -25,8 +25,13 @@ with the aiokafka backend, so both behave alike; what differs is how the consume
   same call from the poll thread answered in 1-2 ms. Lookups (committed offsets, watermarks,
   offsets for a time, metadata) go to a second consumer that never joins the group, from the
   default executor. `close()` runs only after the poll thread has stopped.
-* **Pause/resume**: librdkafka stops fetching a paused partition and drops what it prefetched for
-  it; on resume it fetches again from the record after the last one it handed us.
+* **Pause/resume and rewinds**: librdkafka stops fetching a paused partition, but records it had
+  prefetched, and batches already handed over, still arrive. Those of a full shard are not given
+  to it: the partition is rewound (a seek to the first of them) and fetched again on resume, so a
+  full shard holds its buffer plus one batch at most, as with aiokafka. The same rewind takes back
+  records of a shard not yet set up. A rewind is exact: every batch the poll thread took before
+  its seek ran is stale for that partition and dropped (`_stale_until`), so nothing after the
+  rewind point slips in ahead of the refetch and leaves a gap.
 * The group uses the **roundrobin** assignor, aiokafka's default, so members on either backend can
   share a group while a deployment moves from one to the other.
 """
@@ -37,6 +42,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import queue
 import threading
 from collections.abc import Callable, Coroutine
@@ -131,6 +137,9 @@ class ConfluentStreamSource(StreamSource):
         # What the poll thread is told: calls to run on the member (see _call), and the futures of
         # coroutines it handed to the loop once they are done.
         self._calls: queue.SimpleQueue[_Call | concurrent.futures.Future[Any]] = queue.SimpleQueue()
+        self._taken = 0  # batches the poll thread has taken from consume() (it alone writes this)
+        # Per partition, the last batch number a rewind makes stale (inf while the seek is queued).
+        self._stale_until: dict[int, float] = {}
         # Batches handed to the loop and not yet taken (poll thread only).
         self._batches: set[concurrent.futures.Future[None]] = set()
         self._serving = False  # whether a poll thread takes calls (under _calls_lock)
@@ -236,6 +245,7 @@ class ConfluentStreamSource(StreamSource):
         with self._calls_lock:
             self._serving = True
         self._batches.clear()
+        self._stale_until.clear()
         try:
             while not self._halt.is_set():
                 messages = consumer.consume(FETCH_MAX_RECORDS, POLL_TIMEOUT_SECONDS)
@@ -255,7 +265,8 @@ class ConfluentStreamSource(StreamSource):
                         rows = batches[partition] = []  # type: ignore[index]
                     rows.append((message.offset(), message.key(), message.value(),  # type: ignore[arg-type]
                                  message.timestamp()[1]))
-                self._batches.add(self._hand_over(self._deliver(batches, errors)))
+                self._taken += 1
+                self._batches.add(self._hand_over(self._deliver(batches, errors, self._taken)))
                 while len(self._batches) >= BATCHES_IN_FLIGHT:
                     self._run_calls(block=True)
         finally:
@@ -316,16 +327,20 @@ class ConfluentStreamSource(StreamSource):
         """Run a call on the member consumer (on the poll thread) and wait for its result."""
         return await asyncio.wrap_future(self._post(fn))
 
-    async def _deliver(self, batches: dict[int, list[FetchedRecord]], errors: list[KafkaError]) -> None:
+    async def _deliver(self, batches: dict[int, list[FetchedRecord]], errors: list[KafkaError],
+                       number: int) -> None:
         for error in errors:
             if error.code() != self._fetch_error:
                 self._fetch_error = error.code()
                 self._log.warning("stream.fetch_failed", error_type=error.name(), error=error.str())
         if batches:
             self._fetch_error = None
+        stale = self._stale_until
         for partition, rows in batches.items():
-            if not self._owner.records(partition, rows):
-                self._seek(partition, rows[0][0])  # fetched again from the first
+            if number <= stale.get(partition, 0):
+                continue  # taken before a rewind of this partition: fetched again after it
+            if partition in self._full or not self._owner.records(partition, rows):
+                self._rewind(partition, rows[0][0])
             await asyncio.sleep(0)  # let finished invocations be answered in between
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -338,6 +353,8 @@ class ConfluentStreamSource(StreamSource):
             starts = self._wait_for_loop(self._start_positions(mine))
         except Exception as exc:
             failure = exc
+        for partition in mine:  # what was taken before belongs to an earlier assignment
+            self._stale_until[partition] = self._taken
         if starts is not None:
             consumer.assign([TopicPartition(self.topic, p, start.offset) for p, start in starts.items()])
         else:
@@ -404,7 +421,7 @@ class ConfluentStreamSource(StreamSource):
         try:
             starts = await self._start_positions(partitions)
             for partition, start in starts.items():
-                self._seek(partition, start.offset)
+                self._rewind(partition, start.offset)
             await self._setup_shards(partitions, starts)
         except Exception as exc:
             self._setup_failed(partitions, exc)
@@ -457,10 +474,18 @@ class ConfluentStreamSource(StreamSource):
                     raise CommitRefused(tp.error.str()) from KafkaException(tp.error)
                 raise KafkaException(tp.error)
 
-    def _seek(self, partition: int, offset: int) -> None:
+    def _rewind(self, partition: int, offset: int) -> None:
+        """Fetch the partition again from `offset`; batches taken before the seek runs are stale."""
         consumer = self._consumer
-        if consumer is not None:
-            self._post(lambda: _quietly(consumer.seek, TopicPartition(self.topic, partition, offset)))
+        if consumer is None:
+            return
+        self._stale_until[partition] = math.inf
+
+        def seek() -> None:
+            self._stale_until[partition] = self._taken
+            _quietly(consumer.seek, TopicPartition(self.topic, partition, offset))
+
+        self._post(seek)
 
     def _pause_partition(self, partition: int) -> None:
         consumer = self._consumer

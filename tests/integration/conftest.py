@@ -12,6 +12,15 @@ import pytest
 from daemon_support import Daemon
 
 
+@pytest.fixture(params=["aiokafka", "confluent"])
+def kafka_client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a stream test on each Kafka client backend (`kafka.client`): the config builders of the
+    stream tests read ROUTER_TEST_KAFKA_CLIENT (stream_daemon.kafka_client)."""
+    client: str = request.param
+    monkeypatch.setenv("ROUTER_TEST_KAFKA_CLIENT", client)
+    return client
+
+
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], Daemon]]:
     started: list[Daemon] = []

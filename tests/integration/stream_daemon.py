@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -42,7 +43,8 @@ def config_data(
     data: dict[str, Any] = {
         "region": "eu-west-1", "account_id": "123456789012",
         "state_dir": str(tmp_path / "state"),
-        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 6000, "heartbeat_interval_ms": 500},
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 6000, "heartbeat_interval_ms": 500,
+                  "client": kafka_client()},
         "functions": {"recorder": {
             "handler": "stream_recorder.handler", "code_path": str(HANDLERS), "timeout": timeout,
             "reserved_concurrent_executions": concurrency,
@@ -53,6 +55,11 @@ def config_data(
     if s3:
         data["s3"] = s3
     return data
+
+
+def kafka_client() -> str:
+    """The Kafka client backend this test runs on (the kafka_client fixture sets it)."""
+    return os.environ.get("ROUTER_TEST_KAFKA_CLIENT", "aiokafka")
 
 
 def group_of(topic: str) -> str:

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from daemon_support import Daemon
+from stream_daemon import kafka_client
 
 from router.devstack import Mosquitto, Tansu, wait_for
 
@@ -61,12 +62,14 @@ def _stream_config(kafka: Tansu, topic: str, handler: str, env: dict[str, str], 
     return {
         "functions": {"f": {"handler": handler, "code_path": str(HANDLERS), "timeout": 1,
                             "environment": {"variables": env}}},
-        "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "session_timeout_ms": 6000},
+        "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "session_timeout_ms": 6000,
+                  "client": kafka_client()},
         "event_source_mappings": {"m": {"function_name": "f", "kafka_topic": topic, **mapping}},
         "shutdown_timeout_seconds": 20,
     }
 
 
+@pytest.mark.usefixtures("kafka_client")
 async def test_sigterm_mid_batch_finishes_and_checkpoints_it_then_exits_zero(
     kafka: Tansu, topic: Callable[..., str], daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
 ) -> None:
@@ -86,6 +89,7 @@ async def test_sigterm_mid_batch_finishes_and_checkpoints_it_then_exits_zero(
     assert "router.stopping" in events and events[-1] == "router.stopped"
 
 
+@pytest.mark.usefixtures("kafka_client")
 async def test_readyz_names_a_stalled_shard_and_recovers_when_it_moves(
     kafka: Tansu, topic: Callable[..., str], daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
 ) -> None:
@@ -213,6 +217,7 @@ async def test_a_queue_that_cannot_open_is_one_line_and_unwinds_what_started(tmp
     assert app.pool._closed
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_router_status_renders_the_running_daemon(
     kafka: Tansu, topic: Callable[..., str], daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
 ) -> None:
@@ -231,6 +236,7 @@ def test_router_status_renders_the_running_daemon(
     assert d.stop() == 0
 
 
+@pytest.mark.usefixtures("kafka_client")
 async def test_stall_exit_seconds_makes_a_stuck_daemon_exit_for_its_supervisor(
     kafka: Tansu, topic: Callable[..., str], daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
 ) -> None:
@@ -248,6 +254,7 @@ async def test_stall_exit_seconds_makes_a_stuck_daemon_exit_for_its_supervisor(
     assert any(line["event"] == "router.stalled_exit" for line in d.log_lines())
 
 
+@pytest.mark.usefixtures("kafka_client")
 async def test_a_second_signal_exits_at_once_without_checkpointing_the_unfinished_batch(
     kafka: Tansu, topic: Callable[..., str], daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path
 ) -> None:

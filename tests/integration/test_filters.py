@@ -22,7 +22,7 @@ from test_reload import ConfigFile, base_config, daemon, push_calls
 
 from router.devstack import Mosquitto, Tansu
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 
 def recorder(tmp_path: Path, name: str) -> dict[str, Any]:

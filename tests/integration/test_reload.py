@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from stream_daemon import HANDLERS, calls, committed, delivered, produce, read_topic, wait_until
+from stream_daemon import HANDLERS, calls, committed, delivered, kafka_client, produce, read_topic, wait_until
 from test_push_support import minio_notification, publish_like_minio, write_recorder
 
 from router.app import Router, build, reload, start, stop
@@ -77,7 +77,7 @@ def base_config(tmp_path: Path, kafka: Tansu | None = None, mosquitto: Mosquitto
     }
     if kafka is not None:
         data["kafka"] = {"bootstrap_servers": kafka.bootstrap_servers, "session_timeout_ms": 6000,
-                         "heartbeat_interval_ms": 500}
+                         "heartbeat_interval_ms": 500, "client": kafka_client()}
     if mosquitto is not None:
         data["mqtt"] = {"host": mosquitto.host, "port": mosquitto.port, "client_id": f"reload-{os.getpid()}",
                         "keepalive": 5}
@@ -132,6 +132,7 @@ async def post_notifications(app: Router, bucket: str, keys: list[str]) -> None:
                 assert answer.status == 200, await answer.text()
 
 
+@pytest.mark.usefixtures("kafka_client")
 async def test_stream_mappings_are_added_changed_disabled_and_enabled_live(
     tmp_path: Path, kafka: Tansu, topic: Callable[..., str]
 ) -> None:
@@ -276,6 +277,7 @@ async def test_mqtt_subscriptions_follow_the_mappings_without_reconnecting(
         assert mqtt.status()["connects"] == 1
 
 
+@pytest.mark.usefixtures("kafka_client")
 async def test_functions_change_live_and_unknown_functions_refuse_the_file(
     tmp_path: Path, kafka: Tansu, topic: Callable[..., str], capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -304,6 +306,7 @@ async def test_functions_change_live_and_unknown_functions_refuse_the_file(
         assert "clicks" in app.supervisor._streams
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_sighup_reloads_router_run(tmp_path: Path, kafka: Tansu, topic: Callable[..., str]) -> None:
     first, second = topic(), topic()
     data = base_config(tmp_path, kafka)

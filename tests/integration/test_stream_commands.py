@@ -16,7 +16,7 @@ from test_stream_delivery import running, wait_committed
 from router.cli import main
 from router.devstack import Tansu
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 
 def write_config(tmp_path: Path, data: dict) -> Path:

@@ -30,7 +30,7 @@ from router.observability.progress import ProgressBoard
 from router.runtime.pool import WorkerPool
 from router.sources.stream_mapping import StreamMappingRunner
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 
 @dataclass

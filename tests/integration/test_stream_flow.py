@@ -14,7 +14,7 @@ from test_stream_delivery import running
 from router.devstack import Tansu
 from router.sources.kafka import FETCH_MAX_RECORDS
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 
 async def test_a_blocked_shard_pauses_and_never_stalls_the_others(

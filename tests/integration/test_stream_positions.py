@@ -13,7 +13,7 @@ from test_stream_delivery import running, wait_committed
 
 from router.devstack import Tansu
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 
 async def test_latest_skips_the_backlog_and_is_kept_across_restarts(

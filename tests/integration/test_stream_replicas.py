@@ -24,7 +24,7 @@ from test_stream_delivery import wait_committed
 
 from router.devstack import Tansu
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 DAEMON = Path(__file__).resolve().parent / "stream_daemon.py"
 

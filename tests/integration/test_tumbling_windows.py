@@ -27,7 +27,7 @@ from test_stream_replicas import daemon
 
 from router.devstack import Tansu
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("kafka_client")]
 
 KEYS = ["Records", "window", "state", "shardId", "eventSourceARN", "isFinalInvokeForWindow",
         "isWindowTerminatedEarly"]

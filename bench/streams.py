@@ -1,24 +1,27 @@
-"""Benchmark: a stream mapping draining a backlog next to a raw aiokafka consumer loop.
+"""Benchmark: a stream mapping draining a backlog next to raw Kafka consumer loops and a peer.
 
     .venv/bin/python bench/streams.py [--records 200000] [--backlog 1000000] [--bootstrap HOST:PORT]
 
-One run, one broker (a local Tansu unless --bootstrap is given), the same data for both:
+One run, one broker (a local Tansu unless --bootstrap is given), the same data for every row:
 
 1. `--records` records of `--size` bytes over 8 partitions are produced to a fresh topic.
-2. Raw loop: one aiokafka consumer in a fresh group, `getmany` + `commit` of what it got, until
-   every record is committed. This is the floor: fetching and committing, no processing at all.
+2. Raw aiokafka loop: one consumer in a fresh group, `getmany` + `commit` of what it got, until
+   every record is committed. This is the floor, the 1.00 of every ratio: fetching and committing,
+   no processing at all.
 3. Router: a StreamMappingRunner (batch size 500, no-op handler in real worker processes) in a
-   child process, in a fresh group, until every shard's checkpoint is at the end.
-   Both rates are measured from the partition assignment to the last commit (group joins excluded).
+   child process, in a fresh group, until every shard's checkpoint is at the end; once per Kafka
+   client backend (`kafka.client`: aiokafka, and confluent when confluent-kafka is installed).
+4. Raw confluent-kafka loop (consume + synchronous commit) and FastStream's batch subscriber (no-op
+   handler, commit after each batch: the peer a Python user would otherwise pick), when installed
+   (the `bench` extra).
+   Rates are measured from the partition assignment to the last commit (group joins excluded).
    Each round also runs the router with a filter that parses every record's `data` and keeps half
    (Lambda's FilterCriteria); its rate is compared with the unfiltered router's (goal >= 0.8).
-   Steps 2 and 3 alternate for `--rounds` rounds (each in fresh groups); the figures are medians.
-   A confluent-kafka consume + commit loop runs once after them when installed (the `bench` extra):
-   how fast the same broker can be drained by a client whose parsing is in C.
-4. Peak RSS: a fresh topic with `--backlog` records is drained by a router child process while
-   its RSS (the daemon process; workers are listed apart) is sampled every 50 ms.
+   All rows run once per round for `--rounds` rounds (each in fresh groups); figures are medians.
+5. Peak RSS: a fresh topic with `--backlog` records is drained by a router child process per
+   backend while its RSS (the daemon process; workers are listed apart) is sampled every 50 ms.
 
-Goals: router rate >= 0.5 x raw; daemon peak RSS < 300 MB while draining 1,000,000 records.
+Goals (issue 18): router >= 0.8 x raw aiokafka; daemon peak RSS < 300 MB draining 1,000,000 records.
 `--records 20000 --backlog 100000` makes a quick run.
 """
 
@@ -136,6 +139,53 @@ def confluent_loop(bootstrap: str, topic: str, count: int) -> float | None:
         consumer.close()
 
 
+# -- FastStream's batch subscriber: the peer a Python user would otherwise pick ------------------------
+
+
+async def faststream_loop(bootstrap: str, topic: str, count: int) -> float | None:
+    """FastStream (aiokafka underneath) with a batch subscriber, a no-op handler and the same commit
+    policy as the router (commit after each batch is handled: AckPolicy.ACK, no auto-commit); None
+    if it is not installed (`pip install -e .[bench]`)."""
+    try:
+        from aiokafka import ConsumerRebalanceListener
+        from faststream import AckPolicy
+        from faststream.kafka import KafkaBroker
+    except ImportError:
+        return None
+    assigned_at: list[float] = []
+    done = asyncio.Event()
+    seen = 0
+
+    class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            pass
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            assigned_at.append(time.perf_counter())
+
+    broker = KafkaBroker(bootstrap, logger=None)
+
+    @broker.subscriber(topic, batch=True, max_records=500, group_id=f"bench-faststream-{uuid.uuid4().hex[:6]}",
+                       auto_offset_reset="earliest", ack_policy=AckPolicy.ACK, session_timeout_ms=6000,
+                       heartbeat_interval_ms=1000, listener=Listener())
+    async def handle(messages: list[Any]) -> None:  # FastStream decodes each body (JSON here)
+        nonlocal seen
+        seen += len(messages)
+        if seen >= count:
+            done.set()
+
+    await broker.start()
+    try:
+        await asyncio.wait_for(done.wait(), 120)
+        elapsed = time.perf_counter() - assigned_at[0]
+    except TimeoutError:
+        print(f"FastStream: {seen} of {count} records in 120 s", file=sys.stderr)
+        return None
+    finally:
+        await broker.stop()
+    return count / elapsed
+
+
 # -- router child process ------------------------------------------------------------------------------
 
 
@@ -144,11 +194,11 @@ HALF_FILTER = {"filter_criteria": {"filters": [{"pattern": '{"data": {"kind": ["
 
 
 def router_config(bootstrap: str, topic: str, code_path: str, concurrency: int,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, client: str = "aiokafka") -> dict[str, Any]:
     return {
         "event_loop": os.environ.get("BENCH_EVENT_LOOP", "auto"),
         "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 6000,
-                  "client": os.environ.get("BENCH_KAFKA_CLIENT", "aiokafka")},
+                  "client": client},
         "functions": {"noop": {"handler": "noop.handler", "code_path": code_path, "timeout": 30,
                                "reserved_concurrent_executions": concurrency}},
         "event_source_mappings": {"bench": {
@@ -245,14 +295,15 @@ async def child(config_path: str, total: int) -> None:
 
 
 async def run_router(bootstrap: str, topic: str, total: int, workdir: Path, concurrency: int,
-                     sample_rss: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                     sample_rss: bool, extra: dict[str, Any] | None = None, client: str = "aiokafka") -> dict[str, Any]:
     import psutil
 
     config_path = workdir / f"router-{topic}.json"
-    config_path.write_text(json.dumps(router_config(bootstrap, topic, str(workdir), concurrency, extra)))
+    config_path.write_text(json.dumps(router_config(bootstrap, topic, str(workdir), concurrency, extra, client)))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--child", str(config_path), str(total),
-        stdout=asyncio.subprocess.PIPE, stderr=None if os.environ.get("BENCH_CHILD_STDERR") else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=None if os.environ.get("BENCH_CHILD_STDERR") else asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
     daemon = psutil.Process(proc.pid)
@@ -304,6 +355,14 @@ def cpu_seconds(pid: int | None) -> float:
     return float(times.user + times.system)
 
 
+def _confluent_installed() -> bool:
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, workdir: Path,
                 broker_pid: int | None = None) -> None:
     (workdir / "noop.py").write_text(NOOP_HANDLER)
@@ -311,56 +370,78 @@ async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, wor
     await create_topic(topic, PARTITIONS)
     rate = await produce(bootstrap, topic, args.records, args.size)
     print(f"produced {args.records} records of {args.size} bytes over {PARTITIONS} partitions ({rate:,.0f}/s)")
-    # Rounds alternate between the two (fresh groups, same data), so drift on a shared machine
-    # hits both alike; the figures are the medians.
+    clients = ["aiokafka", "confluent"] if _confluent_installed() else ["aiokafka"]
+    # Each round runs every row once (fresh groups, same data), so drift on a shared machine hits
+    # them all alike; the figures are the medians.
     raws: list[float] = []
     raw_cpus: list[float] = []  # the raw loop's process CPU (group join included)
-    routers: list[dict[str, Any]] = []
+    rdkafkas: list[float] = []
+    peers: list[float] = []
+    routers: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
     filtered: list[float] = []
     for _ in range(args.rounds):
         broker_cpu = cpu_seconds(broker_pid)
         raw_cpu = time.process_time()
         raws.append(await raw_loop(bootstrap, topic, args.records))
         raw_cpus.append(time.process_time() - raw_cpu)
-        routed = await run_router(bootstrap, topic, args.records, workdir, args.concurrency, sample_rss=False)
-        routed["broker_cpu"] = cpu_seconds(broker_pid) - broker_cpu
-        routers.append(routed)
+        for client in clients:
+            routed = await run_router(bootstrap, topic, args.records, workdir, args.concurrency, sample_rss=False,
+                                      client=client)
+            routed["broker_cpu"] = cpu_seconds(broker_pid) - broker_cpu
+            routers[client].append(routed)
+        rdkafka = await asyncio.to_thread(confluent_loop, bootstrap, topic, args.records)
+        if rdkafka is not None:
+            rdkafkas.append(rdkafka)
+        peer = await faststream_loop(bootstrap, topic, args.records)
+        if peer is not None:
+            peers.append(peer)
         half = await run_router(bootstrap, topic, args.records, workdir, args.concurrency, sample_rss=False,
                                 extra=HALF_FILTER)
         filtered.append(float(half["rate"]))
-        print(f"  round {len(raws)}: raw {raws[-1]:>10,.0f} records/s, router {routed['rate']:>10,.0f} records/s")
+        print(f"  round {len(raws)}: raw {raws[-1]:>10,.0f} records/s, "
+              + ", ".join(f"router/{c} {routers[c][-1]['rate']:>10,.0f}" for c in clients))
     raw = statistics.median(raws)
-    routed = sorted(routers, key=lambda r: float(r["rate"]))[len(routers) // 2]
-    rdkafka = await asyncio.to_thread(confluent_loop, bootstrap, topic, args.records)
-    print(f"raw aiokafka getmany+commit : {raw:>12,.0f} records/s (median of {args.rounds})")
-    if rdkafka is None:
-        print("raw confluent-kafka loop    :          n/a   (not installed: pip install -e .[bench])")
+    print(f"raw aiokafka getmany+commit : {raw:>12,.0f} records/s (median of {args.rounds}; the 1.00 of the ratios)")
+    if rdkafkas:
+        rd = statistics.median(rdkafkas)
+        print(f"raw confluent-kafka loop    : {rd:>12,.0f} records/s  {rd / raw:.2f} x (consume + commit)")
     else:
-        print(f"raw confluent-kafka loop    : {rdkafka:>12,.0f} records/s (consume + commit, one round; "
-              f"{rdkafka / raw:.1f} x aiokafka)")
-    print(f"router stream mapping       : {routed['rate']:>12,.0f} records/s  "
-          f"(batch size 500, no-op handler, {args.concurrency} environments; median)")
-    print(f"  CPU while draining: daemon {routed['daemon_cpu']:.2f} s, workers {routed['workers_cpu']:.2f} s, "
-          + (f"broker {routed['broker_cpu']:.2f} s (raw loop and router), " if broker_pid is not None else "")
-          + f"wall {routed['elapsed']:.2f} s ({routed['daemon_cpu'] / args.records * 1e6:.1f} us of daemon CPU "
-          "per record)")
-    print(f"  of the daemon's CPU, aiokafka parsing records in getmany: {routed['aiokafka_parsing']:.2f} s "
-          f"({routed['aiokafka_parsing'] / args.records * 1e6:.1f} us per record, "
-          f"{routed['aiokafka_parsing'] / routed['daemon_cpu']:.0%}); the raw loop used "
+        print("raw confluent-kafka loop    :          n/a   (not installed: pip install -e .[bench])")
+    if peers:
+        peer = statistics.median(peers)
+        print(f"FastStream batch subscriber : {peer:>12,.0f} records/s  {peer / raw:.2f} x (no-op handler, "
+              "commit after each batch)")
+    else:
+        print("FastStream batch subscriber :          n/a   (not installed: pip install -e .[bench])")
+    medians: dict[str, dict[str, Any]] = {}
+    for client in clients:
+        routed = sorted(routers[client], key=lambda r: float(r["rate"]))[len(routers[client]) // 2]
+        medians[client] = routed
+        print(f"router, kafka.client {client:<9}: {routed['rate']:>9,.0f} records/s  {routed['rate'] / raw:.2f} x "
+              f"(batch size 500, no-op handler, {args.concurrency} environments; goal >= 0.8)")
+        print(f"  CPU while draining: daemon {routed['daemon_cpu']:.2f} s (its threads included), workers "
+              f"{routed['workers_cpu']:.2f} s, wall {routed['elapsed']:.2f} s "
+              f"({routed['daemon_cpu'] / args.records * 1e6:.1f} us of daemon CPU per record)")
+    aio = medians["aiokafka"]
+    print(f"  of the aiokafka daemon's CPU, aiokafka parsing records in getmany: {aio['aiokafka_parsing']:.2f} s "
+          f"({aio['aiokafka_parsing'] / args.records * 1e6:.1f} us per record, "
+          f"{aio['aiokafka_parsing'] / aio['daemon_cpu']:.0%}); the raw loop used "
           f"{statistics.median(raw_cpus) / args.records * 1e6:.1f} us of CPU per record in all")
-    print(f"ratio router / raw          : {routed['rate'] / raw:>12.2f}   (goal >= 0.5)")
     half_rate = statistics.median(filtered)
     print(f"router, filter keeps half   : {half_rate:>12,.0f} records/s  (pattern on data: every record parsed; "
-          "median)")
-    print(f"ratio filtered / unfiltered : {half_rate / routed['rate']:>12.2f}   (goal >= 0.8)")
+          "aiokafka; median)")
+    print(f"ratio filtered / unfiltered : {half_rate / aio['rate']:>12.2f}   (goal >= 0.8)")
     if args.backlog:
         backlog = f"bench-backlog-{uuid.uuid4().hex[:8]}"
         await create_topic(backlog, PARTITIONS)
         await produce(bootstrap, backlog, args.backlog, args.size)
-        drained = await run_router(bootstrap, backlog, args.backlog, workdir, args.concurrency, sample_rss=True)
-        print(f"backlog of {args.backlog:,} records drained at {drained['rate']:,.0f} records/s")
-        print(f"peak RSS, daemon process    : {drained['peak_rss_mb']:>9.1f} MB   (goal < 300 MB)")
-        print(f"peak RSS, worker processes  : {drained['peak_workers_rss_mb']:>9.1f} MB   (all environments together)")
+        for client in clients:
+            drained = await run_router(bootstrap, backlog, args.backlog, workdir, args.concurrency, sample_rss=True,
+                                       client=client)
+            print(f"backlog of {args.backlog:,} records, kafka.client {client}: drained at "
+                  f"{drained['rate']:,.0f} records/s")
+            print(f"  peak RSS, daemon process  : {drained['peak_rss_mb']:>9.1f} MB   (goal < 300 MB)")
+            print(f"  peak RSS, worker processes: {drained['peak_workers_rss_mb']:>9.1f} MB   (all environments)")
 
 
 def main() -> None:

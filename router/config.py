@@ -115,9 +115,9 @@ class KafkaConfig(_Model):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     client_id: str = "router"
-    # The consumer stream mappings read with: aiokafka (pure Python, on the event loop) or confluent
-    # (librdkafka: fetching and record parsing on its own threads; needs the confluent-kafka package).
-    client: Literal["aiokafka", "confluent"] = "aiokafka"
+    # The consumer stream mappings read with: confluent (librdkafka: fetching and record parsing on
+    # its own threads; the faster in bench/streams.py) or aiokafka (pure Python, on the event loop).
+    client: Literal["aiokafka", "confluent"] = "confluent"
     session_timeout_ms: Annotated[int, Field(ge=1000, le=300_000)] = 10_000
     heartbeat_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 1_000
     # The producer's max.request.size for kafka:// destinations: Kafka's default, which a default
@@ -127,7 +127,8 @@ class KafkaConfig(_Model):
     @model_validator(mode="after")
     def _client_installed(self) -> KafkaConfig:
         if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
-            raise ValueError("client confluent needs the confluent-kafka package (pip install 'router-esm[confluent]')")
+            raise ValueError("client confluent needs the confluent-kafka package (pip install confluent-kafka), "
+                             "or set client: aiokafka")
         return self
 
     @model_validator(mode="after")

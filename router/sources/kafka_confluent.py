@@ -70,7 +70,7 @@ T = TypeVar("T")
 
 # How long consume() waits for records: also how soon the poll thread runs a queued call (a
 # commit) or notices a stop when no records come.
-POLL_TIMEOUT_SECONDS = 0.02
+POLL_TIMEOUT_SECONDS = 0.01
 # Batches handed to the loop and not yet taken (see the module docstring).
 BATCHES_IN_FLIGHT = 2
 # What librdkafka may prefetch for all the mapping's shards together, and how soon it looks again

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from router.config import Config, StreamMapping
+from router.config import Config, KafkaConfig, StreamMapping
 from router.delivery.checkpoint import ShardCheckpoint
 from router.delivery.destination import Destination
 from router.delivery.shard import ShardProcessor
@@ -31,7 +31,7 @@ REVOKE_MARGIN_SECONDS = 2.0
 
 def source_class(config: Config) -> type[StreamSource]:
     """The Kafka client backend `kafka.client` names (confluent-kafka is imported only when chosen)."""
-    if config.kafka is not None and config.kafka.client == "confluent":
+    if (config.kafka or KafkaConfig()).client == "confluent":
         from router.sources.kafka_confluent import ConfluentStreamSource
 
         return ConfluentStreamSource

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from router.config import KafkaConfig
 from router.devstack import wait_until as wait_until  # re-exported for the stream tests
 
 HANDLERS = Path(__file__).resolve().parent.parent / "stream_handlers"
@@ -59,7 +60,7 @@ def config_data(
 
 def kafka_client() -> str:
     """The Kafka client backend this test runs on (the kafka_client fixture sets it)."""
-    return os.environ.get("ROUTER_TEST_KAFKA_CLIENT", "aiokafka")
+    return os.environ.get("ROUTER_TEST_KAFKA_CLIENT") or KafkaConfig().client
 
 
 def group_of(topic: str) -> str:

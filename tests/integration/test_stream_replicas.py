@@ -117,3 +117,28 @@ async def test_sigkill_and_restart_loses_nothing(kafka: Tansu, topic: Callable[.
     assert set(seen) == {(f"shardId-00000000000{p}", o) for p in range(2) for o in range(20)}
     # At most the two in-flight batches (one per shard) were delivered twice.
     assert len(seen) - total <= 2 * 4
+
+
+async def test_replicas_on_different_kafka_clients_share_one_group(
+        kafka: Tansu, topic: Callable[..., str], tmp_path: Path, kafka_client: str) -> None:
+    """A deployment moving from one `kafka.client` to the other a pod at a time: a replica on each
+    client in one group split the shards (both use the roundrobin assignor), and when one stops
+    the other takes its shards over from its commits, with nothing lost or repeated (run once
+    with each client as the one that stays)."""
+    other = "aiokafka" if kafka_client == "confluent" else "confluent"
+    name = topic(partitions=4)
+    total = 4 * 30
+    await produce(kafka.bootstrap_servers, name, [(f"k{i}".encode(), f"{i}".encode(), i % 4) for i in range(total)])
+    old = config_data(kafka.bootstrap_servers, name, tmp_path, env={"SLEEP": "0.2"}, mapping={"batch_size": 3})
+    new = json.loads(json.dumps(old))
+    new["kafka"]["client"] = other
+    async with daemon(tmp_path, old, "old"):
+        await wait_until(lambda: by_replica(tmp_path, "old"), 20, "the old replica processing")
+        async with daemon(tmp_path, new, "new"):
+            await wait_until(lambda: by_replica(tmp_path, "new"), 30, f"the {other} replica took some shards")
+        await wait_committed(kafka, name, dict.fromkeys(range(4), 30), timeout=60)
+    seen = delivered(tmp_path)
+    assert sorted(set(seen)) == sorted((f"shardId-00000000000{i % 4}", i // 4) for i in range(total))
+    assert len(seen) == total, sorted(key for key, n in Counter(seen).items() if n > 1)  # graceful hand-overs
+    shards_of = {r: {c["shard"] for c in by_replica(tmp_path, r)} for r in ("old", "new")}
+    assert shards_of["new"] and shards_of["old"] - shards_of["new"], shards_of  # they split the group

@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 from daemon_support import Daemon
-from stream_daemon import HANDLERS, calls, produce
+from stream_daemon import HANDLERS, calls, kafka_client, produce
 
 from router.devstack import Tansu, wait_for
 
@@ -42,7 +42,7 @@ def api_config(tmp_path: Path, kafka: Tansu, *, registry: str | None = None, rep
     return {
         "region": REGION, "account_id": ACCOUNT,
         "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "session_timeout_ms": 6000,
-                  "heartbeat_interval_ms": 500},
+                  "heartbeat_interval_ms": 500, "client": kafka_client()},
         "lambda_api": lambda_api,
         "functions": {
             "echo": {"handler": "basic.echo", "code_path": str(TESTS / "handlers")},
@@ -201,6 +201,7 @@ def test_invoke_request_response_event_dry_run_and_errors(tmp_path: Path, kafka:
 # -- event source mappings ----------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("kafka_client")
 def test_mapping_lifecycle_moves_records_in_tansu(tmp_path: Path, kafka: Tansu, topic: Callable[..., str],
                                                    router_daemon: Callable[..., Daemon]) -> None:
     stream = topic(1)

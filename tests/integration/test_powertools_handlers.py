@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stream_daemon import produce
+from stream_daemon import kafka_client, produce
 from test_push_support import make_config, running, wait_until
 
 from router.devstack import SeaweedFS, Tansu, free_port
@@ -34,6 +34,7 @@ def function(handler: str, tmp_path: Path) -> dict[str, Any]:
                                           "POWERTOOLS_SERVICE_NAME": "router-test"}}}
 
 
+@pytest.mark.usefixtures("kafka_client")
 async def test_batch_processor_partial_failures_are_retried_from_the_failed_record(
         tmp_path: Path, kafka: Tansu, topic: Callable[..., str]) -> None:
     stream = topic(1)
@@ -42,7 +43,7 @@ async def test_batch_processor_partial_failures_are_retried_from_the_failed_reco
         "state_dir": str(tmp_path / "state"),
         "http": {"listen": f"127.0.0.1:{free_port()}"},
         "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "session_timeout_ms": 6000,
-                  "heartbeat_interval_ms": 500},
+                  "heartbeat_interval_ms": 500, "client": kafka_client()},
         "functions": {"batch": function("kinesis_batch", tmp_path)},
         "event_source_mappings": {"clicks": {
             "function_name": "batch", "kafka_topic": stream, "starting_position": "TRIM_HORIZON", "batch_size": 10,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from daemon_support import Daemon
+from stream_daemon import kafka_client
 from test_daemon import HANDLERS, ROOT, _produce, _records
 
 from router.devstack import SeaweedFS, Tansu, wait_for
@@ -25,6 +26,7 @@ def _replay(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
+@pytest.mark.usefixtures("kafka_client")
 async def test_failed_stream_batches_and_async_events_replay_from_their_destinations(
     kafka: Tansu, seaweedfs: SeaweedFS, topic: Callable[..., str],
     daemon: Callable[[dict[str, Any]], Daemon], tmp_path: Path,
@@ -38,7 +40,8 @@ async def test_failed_stream_batches_and_async_events_replay_from_their_destinat
             "fixed": {"handler": "gate.record", "code_path": str(HANDLERS),
                       "environment": {"variables": {"RECORD_FILE": str(record_file)}}},
         },
-        "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "session_timeout_ms": 6000},
+        "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "session_timeout_ms": 6000,
+                  "client": kafka_client()},
         "s3": {"endpoint_url": seaweedfs.s3_endpoint, "access_key_id": seaweedfs.access_key,
                "secret_access_key": seaweedfs.secret_key},
         "http": {"webhook_token": "replay-token"},

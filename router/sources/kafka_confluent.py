@@ -109,6 +109,9 @@ def confluent_options(config: Config, name: str, mapping: StreamMapping) -> dict
         # A full prefetch queue pauses fetching for this long (librdkafka's default, 1 s, left
         # the shards idle for most of that second once they had drained the queue).
         "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
+        # Brokers close idle connections (Tansu every ~20 s) and librdkafka reconnects by itself:
+        # not worth a log line each time. Lost brokers still reach _on_error.
+        "log.connection.close": False,
     }
 
 
@@ -505,8 +508,10 @@ class ConfluentStreamSource(StreamSource):
         lookup = self._lookups()
         if not assigned:
             await asyncio.to_thread(lookup.list_topics, self.topic, timeout=PROBE_TIMEOUT_SECONDS)
+            await asyncio.to_thread(lookup.poll, 0)
             return True
         listed = await asyncio.to_thread(self._watermarks, assigned)
+        await asyncio.to_thread(lookup.poll, 0)  # its log lines wait in its queue until served
         # The last fetch's high watermark is exact where ListOffsets is not (see high_watermarks).
         fetched = await self._call(lambda: {
             p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)[1] for p in assigned})

@@ -266,6 +266,37 @@ class StreamSource:
     def _resume_partition(self, partition: int) -> None:
         raise NotImplementedError
 
+    async def _close_consumer(self, timeout: float) -> None:
+        raise NotImplementedError
+
+    # -- the consumer's life -------------------------------------------------------------------------
+
+    async def _run_consumer(self, first: asyncio.Future[None], client: str, run: Awaitable[None]) -> None:
+        """A consumer is up: say so, then `run` it until it fails, when its shards are handed back
+        and it is closed (the caller's loop builds the next one)."""
+        self.state = "Enabled"
+        self._log.info("stream.consumer_started", group_id=self.group_id, topic=self.topic, client=client)
+        if not first.done():
+            first.set_result(None)
+        try:
+            await run
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the consumer is unusable: rebuild it, shards start over
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._log.error("stream.consumer_failed", error_type=type(exc).__name__, error=str(exc))
+            self.state = "Reconnecting"
+            await self._hand_back(self._assignment(), None)
+            await self._close_consumer(PROBE_TIMEOUT_SECONDS)
+            await asyncio.sleep(self._backoff.delay(1))
+
+    async def _wait_to_retry(self, first: asyncio.Future[None], failures: int) -> None:
+        """Building or starting a consumer failed: try again after a backoff."""
+        self.state = "Reconnecting"
+        if not first.done():
+            first.set_result(None)
+        await asyncio.sleep(self._backoff.delay(failures))
+
     # -- shards --------------------------------------------------------------------------------------
 
     async def _hand_back(self, partitions: set[int], timeout: float | None) -> None:
@@ -508,30 +539,13 @@ class KafkaStreamSource(StreamSource):
                     await consumer.stop()
                 failures += 1
                 self._set_connected(False, f"{type(exc).__name__}: {exc}")
-                self.state = "Reconnecting"
-                if not first.done():
-                    first.set_result(None)
-                await asyncio.sleep(self._backoff.delay(failures))
+                await self._wait_to_retry(first, failures)
                 continue
             failures = 0
             self._consumer = consumer
             self._set_connected(True)
             consumer.subscribe([self.topic], listener=_Listener(self))
-            self.state = "Enabled"
-            self._log.info("stream.consumer_started", group_id=self.group_id, topic=self.topic, client="aiokafka")
-            if not first.done():
-                first.set_result(None)
-            try:
-                await self._fetch(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the consumer is unusable: rebuild it, shards start over
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self._log.error("stream.consumer_failed", error_type=type(exc).__name__, error=str(exc))
-                self.state = "Reconnecting"
-                await self._hand_back(self._assignment(), None)
-                await self._close_consumer(PROBE_TIMEOUT_SECONDS)
-                await asyncio.sleep(self._backoff.delay(1))
+            await self._run_consumer(first, "aiokafka", self._fetch(consumer))
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> None:
         errors = 0

@@ -201,29 +201,12 @@ class ConfluentStreamSource(StreamSource):
                 failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._log.error("stream.consumer_failed", error_type=type(exc).__name__, error=str(exc))
-                self.state = "Reconnecting"
-                if not first.done():
-                    first.set_result(None)
-                await asyncio.sleep(self._backoff.delay(failures))
+                await self._wait_to_retry(first, failures)
                 continue
             failures = 0
             self._consumer, self._lookup = consumer, lookup
             self._halt.clear()
-            self.state = "Enabled"
-            self._log.info("stream.consumer_started", group_id=self.group_id, topic=self.topic, client="confluent")
-            if not first.done():
-                first.set_result(None)
-            try:
-                await self._run_poll_thread(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the consumer is unusable: rebuild it, shards start over
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self._log.error("stream.consumer_failed", error_type=type(exc).__name__, error=str(exc))
-                self.state = "Reconnecting"
-                await self._hand_back(self._assignment(), None)
-                await self._close_consumer(PROBE_TIMEOUT_SECONDS)
-                await asyncio.sleep(self._backoff.delay(1))
+            await self._run_consumer(first, "confluent", self._run_poll_thread(consumer))
 
     async def _run_poll_thread(self, consumer: Consumer) -> None:
         loop = asyncio.get_running_loop()

@@ -36,6 +36,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -265,8 +266,24 @@ async def child(config_path: str, total: int) -> None:
                 workers += times.user + times.system
         return own.user + own.system, workers
 
+    def threads() -> dict[str, float]:
+        """CPU seconds per kind of daemon thread: the event loop, the confluent poll thread,
+        librdkafka's own threads, the rest (executor)."""
+        kinds: dict[str, float] = {}
+        main = threading.get_native_id()
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                spent = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                kind = ("loop" if int(task.name) == main else "poll thread" if name.startswith("rdkafka-poll")
+                        else "librdkafka" if name.startswith("rdk:") else "other")
+                kinds[kind] = kinds.get(kind, 0.0) + spent
+        return kinds
+
     first: float | None = None
     cpu_first = (0.0, 0.0)
+    threads_first: dict[str, float] = {}
     parsing_first = 0.0
     # ROUTER_BENCH_PROFILE=PATH: cProfile the daemon's loop while it drains (inflates its CPU).
     profile_path = os.environ.get("ROUTER_BENCH_PROFILE")
@@ -276,6 +293,7 @@ async def child(config_path: str, total: int) -> None:
         if first is None and checkpoints:
             first = time.perf_counter()  # shards assigned: fetching starts
             cpu_first = cpu()
+            threads_first = threads()
             parsing_first = parsing[0]
             if profiler is not None:
                 profiler.enable()
@@ -284,11 +302,13 @@ async def child(config_path: str, total: int) -> None:
         await asyncio.sleep(0.002)
     elapsed = time.perf_counter() - (first or time.perf_counter())
     cpu_last = cpu()
+    threads_last = threads()
     if profiler is not None and profile_path:
         profiler.disable()
         profiler.dump_stats(profile_path)
     print(json.dumps({"rate": total / elapsed, "elapsed": elapsed, "daemon_cpu": cpu_last[0] - cpu_first[0],
-                      "workers_cpu": cpu_last[1] - cpu_first[1], "aiokafka_parsing": parsing[0] - parsing_first}),
+                      "workers_cpu": cpu_last[1] - cpu_first[1], "aiokafka_parsing": parsing[0] - parsing_first,
+                      "threads": {k: round(v - threads_first.get(k, 0.0), 2) for k, v in threads_last.items()}}),
           flush=True)
     await runner.stop(10)
     await pool.close()
@@ -422,6 +442,7 @@ async def bench(args: argparse.Namespace, bootstrap: str, create_topic: Any, wor
         print(f"  CPU while draining: daemon {routed['daemon_cpu']:.2f} s (its threads included), workers "
               f"{routed['workers_cpu']:.2f} s, wall {routed['elapsed']:.2f} s "
               f"({routed['daemon_cpu'] / args.records * 1e6:.1f} us of daemon CPU per record)")
+        print("  daemon threads: " + ", ".join(f"{k} {v:.2f} s" for k, v in sorted(routed["threads"].items())))
     aio = medians["aiokafka"]
     print(f"  of the aiokafka daemon's CPU, aiokafka parsing records in getmany: {aio['aiokafka_parsing']:.2f} s "
           f"({aio['aiokafka_parsing'] / args.records * 1e6:.1f} us per record, "

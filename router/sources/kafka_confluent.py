@@ -69,8 +69,10 @@ from router.sources.kafka import (
 T = TypeVar("T")
 
 # How long consume() waits for records: also how soon the poll thread runs a queued call (a
-# commit) or notices a stop when no records come.
-POLL_TIMEOUT_SECONDS = 0.01
+# commit) or notices a stop when no records come. A commit waiting longer is a finished batch a
+# crash repeats (at 10 ms a SIGKILL test under CPU load redelivered one); idle, 5 ms costs 1.9 %
+# of a core per mapping against 1.2 % at 20 ms (measured).
+POLL_TIMEOUT_SECONDS = 0.005
 # Batches handed to the loop and not yet taken (see the module docstring).
 BATCHES_IN_FLIGHT = 2
 # What librdkafka may prefetch for all the mapping's shards together, and how soon it looks again

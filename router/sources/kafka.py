@@ -219,11 +219,26 @@ class StreamSource:
         self.state = "Creating"
         self.last_error: str | None = None
         self._backoff = Backoff(0.5, 30.0, jitter=True)
-
-    # -- backend -------------------------------------------------------------------------------------
+        self._supervisor: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._init_client()
 
     async def start(self) -> None:
         """Start the consumer (or keep trying in the background if the broker is not there yet)."""
+        first = asyncio.get_running_loop().create_future()
+        self._supervisor = asyncio.create_task(self._supervise(first), name=f"stream:{self.name}:consumer")
+        self._prober = asyncio.create_task(self._probe_loop(), name=f"stream:{self.name}:probe")
+        await asyncio.wait({first, self._supervisor}, return_when=asyncio.FIRST_COMPLETED)
+
+    # -- backend -------------------------------------------------------------------------------------
+
+    def _init_client(self) -> None:
+        """The backend's own state (called at the end of __init__)."""
+        raise NotImplementedError
+
+    async def _supervise(self, first: asyncio.Future[None]) -> None:
+        """Build consumers and run them until stopped (see _run_consumer); settle `first` once the
+        first one is up or has failed."""
         raise NotImplementedError
 
     async def stop(self, timeout: float) -> None:
@@ -251,8 +266,11 @@ class StreamSource:
     async def _offsets_for_time(self, partitions: list[int], timestamp_ms: int) -> dict[int, int | None]:
         raise NotImplementedError
 
-    async def _assigned(self, partitions: set[int]) -> None:
-        """Set up shards the group gave us (also the retry of a failed setup)."""
+    def _consumer_open(self) -> bool:
+        raise NotImplementedError
+
+    def _seek(self, partition: int, offset: int) -> None:
+        """Read the partition from `offset` on (its fetching has started)."""
         raise NotImplementedError
 
     async def _probe(self) -> bool:
@@ -289,6 +307,13 @@ class StreamSource:
             await self._hand_back(self._assignment(), None)
             await self._close_consumer(PROBE_TIMEOUT_SECONDS)
             await asyncio.sleep(self._backoff.delay(1))
+
+    @staticmethod
+    async def _end(task: asyncio.Task[None] | None) -> None:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _wait_to_retry(self, first: asyncio.Future[None], failures: int) -> None:
         """Building or starting a consumer failed: try again after a backoff."""
@@ -331,6 +356,32 @@ class StreamSource:
             for partition in committed:
                 self._owner.checkpoints()[partition].mark_committed(established[partition])
         self._unstarted -= partitions
+
+    async def _assigned(self, partitions: set[int]) -> None:
+        """Set up shards the group gave us (also the retry of a failed setup): find their start
+        positions, move the consumer there, give them to the owner."""
+        if not self._consumer_open():
+            return
+        try:
+            starts = await self._start_positions(partitions)
+            for partition, start in starts.items():
+                self._seek(partition, start.offset)
+        except Exception as exc:
+            await self._start_shards(partitions, exc)
+            return
+        await self._start_shards(partitions, starts)
+
+    async def _start_shards(self, partitions: set[int], starts: Mapping[int, ShardStart] | BaseException) -> None:
+        """The shards start empty, from `starts` (or stay unstarted when finding them failed)."""
+        self._full -= partitions
+        self._room.set()
+        if isinstance(starts, BaseException):
+            self._setup_failed(partitions, starts)
+            return
+        try:
+            await self._setup_shards(partitions, starts)
+        except Exception as exc:
+            self._setup_failed(partitions, exc)
 
     def _setup_failed(self, partitions: set[int], exc: BaseException) -> None:
         """The shards stay without a processor (their records are fetched again, never lost); the
@@ -479,42 +530,19 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaStreamSource(StreamSource):
     """The aiokafka backend (`kafka.client: aiokafka`): everything on the event loop."""
 
-    def __init__(
-        self,
-        name: str,
-        mapping: StreamMapping,
-        config: Config,
-        owner: ShardOwner,
-        *,
-        metrics: Metrics,
-        board: ProgressBoard,
-        log: Any = None,
-    ) -> None:
-        super().__init__(name, mapping, config, owner, metrics=metrics, board=board, log=log)
-        self._options = consumer_options(config, name, mapping)
+    def _init_client(self) -> None:
+        self._options = consumer_options(self._config, self.name, self.mapping)
         self._consumer: AIOKafkaConsumer | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._prober: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Start the consumer (or keep trying in the background if the broker is not there yet)."""
-        first = asyncio.get_running_loop().create_future()
-        self._supervisor = asyncio.create_task(self._supervise(first), name=f"stream:{self.name}:consumer")
-        self._prober = asyncio.create_task(self._probe_loop(), name=f"stream:{self.name}:probe")
-        await asyncio.wait({first, self._supervisor}, return_when=asyncio.FIRST_COMPLETED)
 
     async def stop(self, timeout: float) -> None:
         """Stop fetching, finish or abandon in-flight batches (bounded), commit, leave the group."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._stopping.set()
-        for task in (self._prober, self._supervisor):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self._end(self._prober)
+        await self._end(self._supervisor)
         if self._consumer is not None:
             await self._hand_back(self._assignment(), max(0.1, deadline - loop.time() - 1.0))
         await self._close_consumer(max(1.0, deadline - loop.time()))
@@ -614,19 +642,11 @@ class KafkaStreamSource(StreamSource):
         consumer = self._consumer
         return {tp.partition for tp in consumer.assignment()} if consumer is not None else set()
 
-    async def _assigned(self, partitions: set[int]) -> None:
-        consumer = self._consumer
-        self._full -= partitions  # a new shard starts empty
-        self._room.set()
-        if consumer is None:
-            return
-        try:
-            starts = await self._start_positions(partitions)
-            for partition, start in starts.items():
-                consumer.seek(TopicPartition(self.topic, partition), start.offset)
-            await self._setup_shards(partitions, starts)
-        except Exception as exc:
-            self._setup_failed(partitions, exc)
+    def _consumer_open(self) -> bool:
+        return self._consumer is not None
+
+    def _seek(self, partition: int, offset: int) -> None:
+        self._live().seek(TopicPartition(self.topic, partition), offset)
 
     def _live(self) -> AIOKafkaConsumer:
         if self._consumer is None:

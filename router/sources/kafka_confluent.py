@@ -53,15 +53,12 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from router.config import Config, KafkaConfig, StreamMapping
 from router.events.kinesis import FetchedRecord
 from router.kafka_client import rdkafka_options
-from router.observability.metrics import Metrics
-from router.observability.progress import ProgressBoard
 from router.sources.kafka import (
     COMMIT_WAIT_SECONDS,
     FETCH_MAX_RECORDS,
     FETCH_MAX_WAIT_MS,
     PROBE_TIMEOUT_SECONDS,
     CommitRefused,
-    ShardOwner,
     ShardStart,
     StreamSource,
 )
@@ -118,26 +115,13 @@ def confluent_options(config: Config, name: str, mapping: StreamMapping) -> dict
 
 
 class ConfluentStreamSource(StreamSource):
-    def __init__(
-        self,
-        name: str,
-        mapping: StreamMapping,
-        config: Config,
-        owner: ShardOwner,
-        *,
-        metrics: Metrics,
-        board: ProgressBoard,
-        log: Any = None,
-    ) -> None:
-        super().__init__(name, mapping, config, owner, metrics=metrics, board=board, log=log)
-        self._options = confluent_options(config, name, mapping)
+    def _init_client(self) -> None:
+        self._options = confluent_options(self._config, self.name, self.mapping)
         self._consumer: Consumer | None = None  # the group member: fetches, commits
         self._lookup: Consumer | None = None  # never joins: offsets, watermarks, metadata
         self._loop: asyncio.AbstractEventLoop | None = None
         self._halt = threading.Event()  # the poll thread's stop signal
         self._polling: asyncio.Future[None] | None = None  # the poll thread's end
-        self._supervisor: asyncio.Task[None] | None = None
-        self._prober: asyncio.Task[None] | None = None
         self._fetch_error: int | None = None
         # What the poll thread is told: calls to run on the member (see _call), and the futures of
         # coroutines it handed to the loop once they are done.
@@ -153,31 +137,18 @@ class ConfluentStreamSource(StreamSource):
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        first = self._loop.create_future()
-        self._supervisor = asyncio.create_task(self._supervise(first), name=f"stream:{self.name}:consumer")
-        self._prober = asyncio.create_task(self._probe_loop(), name=f"stream:{self.name}:probe")
-        await asyncio.wait({first, self._supervisor}, return_when=asyncio.FIRST_COMPLETED)
-
     async def stop(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self._stopping.set()
-        if self._prober is not None:
-            self._prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._prober
+        await self._end(self._prober)
         # Hand the shards back while the poll thread still runs: it makes the commits.
         if self._consumer is not None:
             await self._hand_back(self._assignment(), max(0.1, deadline - loop.time() - 1.5))
         self._halt.set()
         if self._polling is not None:
             await asyncio.wait({self._polling}, timeout=max(0.5, deadline - loop.time() - 1.0))
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._supervisor
+        await self._end(self._supervisor)
         await self._close_consumer(max(1.0, deadline - loop.time()))
         self.state = "Disabled"
 
@@ -191,6 +162,7 @@ class ConfluentStreamSource(StreamSource):
                     await asyncio.wait_for(asyncio.to_thread(handle.close), timeout=timeout)
 
     async def _supervise(self, first: asyncio.Future[None]) -> None:
+        self._loop = asyncio.get_running_loop()  # the poll thread's way back
         failures = 0
         while not self._stopping.is_set():
             try:
@@ -336,7 +308,7 @@ class ConfluentStreamSource(StreamSource):
         if self._halt.is_set():
             return
         starts: dict[int, ShardStart] | None = None
-        failure: BaseException | None = None
+        failure: BaseException = RuntimeError("no start positions")
         try:
             starts = self._wait_for_loop(self._start_positions(mine))
         except Exception as exc:
@@ -348,19 +320,7 @@ class ConfluentStreamSource(StreamSource):
         else:
             consumer.assign(partitions)  # fetched from the group's offsets, refused until set up
         self._owned = frozenset(mine)
-        self._wait_for_loop(self._took(mine, starts, failure))
-
-    async def _took(self, partitions: set[int], starts: dict[int, ShardStart] | None,
-                    failure: BaseException | None) -> None:
-        self._full -= partitions  # a new shard starts empty
-        self._room.set()
-        if starts is None:
-            self._setup_failed(partitions, failure or RuntimeError("no start positions"))
-            return
-        try:
-            await self._setup_shards(partitions, starts)
-        except Exception as exc:
-            self._setup_failed(partitions, exc)
+        self._wait_for_loop(self._start_shards(mine, starts if starts is not None else failure))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._halt.is_set():  # stopping: the shards were handed back already
@@ -398,21 +358,13 @@ class ConfluentStreamSource(StreamSource):
         waits for the loop)."""
         return set(self._owned) if self._consumer is not None else set()
 
-    async def _assigned(self, partitions: set[int]) -> None:
-        """A retried setup (the first one happens in the assign callback): fetching has started, so
-        the start positions are sought."""
-        self._full -= partitions
-        self._room.set()
-        consumer = self._consumer
-        if consumer is None:
-            return
-        try:
-            starts = await self._start_positions(partitions)
-            for partition, start in starts.items():
-                self._rewind(partition, start.offset)
-            await self._setup_shards(partitions, starts)
-        except Exception as exc:
-            self._setup_failed(partitions, exc)
+    def _consumer_open(self) -> bool:
+        return self._consumer is not None
+
+    def _seek(self, partition: int, offset: int) -> None:
+        """A retried setup's start (the first one goes into assign()): a rewind, so that batches
+        taken before it are dropped."""
+        self._rewind(partition, offset)
 
     def _lookups(self) -> Consumer:
         if self._lookup is None:
@@ -424,6 +376,18 @@ class ConfluentStreamSource(StreamSource):
         wanted = [TopicPartition(self.topic, p) for p in partitions]
         found = await asyncio.to_thread(lookup.committed, wanted, timeout=PROBE_TIMEOUT_SECONDS * 2)
         return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
+
+    def _ask_broker(self, partitions: list[int]) -> dict[int, tuple[int, int]]:
+        """The probe's question (watermarks, or metadata without shards), then the lookup
+        consumer's log lines, which wait in its queue until served."""
+        lookup = self._lookups()
+        try:
+            if partitions:
+                return self._watermarks(partitions)
+            lookup.list_topics(self.topic, timeout=PROBE_TIMEOUT_SECONDS)
+            return {}
+        finally:
+            lookup.poll(0)
 
     def _watermarks(self, partitions: list[int]) -> dict[int, tuple[int, int]]:
         lookup = self._lookups()
@@ -490,13 +454,9 @@ class ConfluentStreamSource(StreamSource):
         if consumer is None:
             return False
         assigned = sorted(self._assignment())
-        lookup = self._lookups()
+        listed = await asyncio.to_thread(self._ask_broker, assigned)
         if not assigned:
-            await asyncio.to_thread(lookup.list_topics, self.topic, timeout=PROBE_TIMEOUT_SECONDS)
-            await asyncio.to_thread(lookup.poll, 0)
             return True
-        listed = await asyncio.to_thread(self._watermarks, assigned)
-        await asyncio.to_thread(lookup.poll, 0)  # its log lines wait in its queue until served
         # The last fetch's high watermark is exact where ListOffsets is not (see high_watermarks).
         fetched = await self._call(lambda: {
             p: consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)[1] for p in assigned})

@@ -10,7 +10,6 @@ a mistyped secret must not end up in a terminal or a log.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -123,13 +122,6 @@ class KafkaConfig(_Model):
     # The producer's max.request.size for kafka:// destinations: Kafka's default, which a default
     # broker's message.max.bytes (1 MB) matches. Raise both together.
     max_request_size: Annotated[int, Field(ge=64 * 1024, le=128 * 1024 * 1024)] = 1_048_576
-
-    @model_validator(mode="after")
-    def _client_installed(self) -> KafkaConfig:
-        if self.client == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
-            raise ValueError("client confluent needs the confluent-kafka package (pip install confluent-kafka), "
-                             "or set client: aiokafka")
-        return self
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaConfig:

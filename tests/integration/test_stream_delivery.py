@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stream_daemon import calls, committed, config_data, delivered, group_of, produce, read_topic, wait_until
+from stream_daemon import (
+    calls,
+    committed,
+    config_data,
+    delivered,
+    group_of,
+    kafka_client,
+    produce,
+    read_topic,
+    wait_until,
+)
 
 from router.commands.replay import replay
 from router.config import Config, load_config_data
@@ -44,6 +54,9 @@ class Running:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+BACKEND_CLASSES = {"aiokafka": "KafkaStreamSource", "confluent": "ConfluentStreamSource"}
+
+
 @asynccontextmanager
 async def running(data: dict[str, Any], name: str = "clicks") -> AsyncIterator[Running]:
     config = load_config_data(data, {})
@@ -54,6 +67,9 @@ async def running(data: dict[str, Any], name: str = "clicks") -> AsyncIterator[R
     target = mapping.destination_config.on_failure
     runner = StreamMappingRunner(name, mapping, config, pool, destinations.get(target.destination) if target else None,
                                  metrics, board)
+    # The kafka_client parametrization reaches the consumer (a builder that dropped it would run
+    # every "both clients" test on the default one).
+    assert type(runner.source).__name__ == BACKEND_CLASSES[kafka_client()], type(runner.source)
     await pool.start()
     await runner.start()
     try:

@@ -19,10 +19,11 @@ with the aiokafka backend, so both behave alike; what differs is how the consume
   whose fetching has not started yet.
 * **The member consumer is the poll thread's alone.** What the loop needs done on it (commits,
   pauses, seeks) is queued to that thread, which runs it between two `consume()` calls (at most
-  `POLL_TIMEOUT_SECONDS` later) or at once while it waits for the loop. Measured with Tansu: a
-  commit or offset query made on the member from another thread while the poll thread sat in
-  `consume()` or in a rebalance callback did not come back until it left (or at all), and the
-  same call from the poll thread answered in 1-2 ms. Lookups (committed offsets, watermarks,
+  `POLL_BUSY_SECONDS` later while shards have work, `POLL_IDLE_SECONDS` otherwise) or at once
+  while it waits for the loop. Measured with Tansu: a commit or offset query made on the member
+  from another thread while the poll thread sat in `consume()` or in a rebalance callback did not
+  come back until it left (or at all; an asynchronous commit from the loop blocked the loop), and
+  the same call from the poll thread answered in 1-2 ms. Lookups (committed offsets, watermarks,
   offsets for a time, metadata) go to a second consumer that never joins the group, from the
   default executor. `close()` runs only after the poll thread has stopped.
 * **Pause/resume and rewinds**: librdkafka stops fetching a paused partition, but records it had
@@ -66,10 +67,13 @@ from router.sources.kafka import (
 T = TypeVar("T")
 
 # How long consume() waits for records: also how soon the poll thread runs a queued call (a
-# commit) or notices a stop when no records come. A commit waiting longer is a finished batch a
-# crash repeats (at 10 ms a SIGKILL test under CPU load redelivered one); idle, 5 ms costs 1.9 %
-# of a core per mapping against 1.2 % at 20 ms (measured).
-POLL_TIMEOUT_SECONDS = 0.005
+# commit) or notices a stop when no records come. While a shard has records in flight or
+# uncommitted a commit is coming, and the time it waits for the poll thread is a finished batch a
+# crash repeats (at 10 ms, and at 5 ms in a full suite run, a SIGKILL test under CPU load
+# redelivered one): 1 ms then, 3.8 % of a core while a slow batch runs with nothing to fetch
+# (aiokafka: 1.8 %). Otherwise 20 ms: 1.35 % of a core per idle mapping (measured).
+POLL_BUSY_SECONDS = 0.001
+POLL_IDLE_SECONDS = 0.02
 # Batches handed to the loop and not yet taken (see the module docstring).
 BATCHES_IN_FLIGHT = 2
 # What librdkafka may prefetch for all the mapping's shards together, and how soon it looks again
@@ -208,7 +212,8 @@ class ConfluentStreamSource(StreamSource):
         self._stale_until.clear()
         try:
             while not self._halt.is_set():
-                messages = consumer.consume(FETCH_MAX_RECORDS, POLL_TIMEOUT_SECONDS)
+                wait = POLL_BUSY_SECONDS if self._commit_coming() else POLL_IDLE_SECONDS
+                messages = consumer.consume(FETCH_MAX_RECORDS, wait)
                 self._run_calls(block=False)
                 if not messages:
                     continue
@@ -239,6 +244,14 @@ class ConfluentStreamSource(StreamSource):
                         break
                     if isinstance(item, _Call) and item.done.set_running_or_notify_cancel():
                         item.done.set_exception(RuntimeError("the consumer stopped"))
+
+    def _commit_coming(self) -> bool:
+        """Whether a shard has records in flight or not yet committed (read from the poll thread:
+        a shard added or removed meanwhile makes it answer yes)."""
+        try:
+            return any(cp.outstanding or cp.dirty for cp in self._owner.checkpoints().values())
+        except RuntimeError:
+            return True
 
     def _hand_over(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start a coroutine on the loop; the poll thread hears when it is done (see _run_calls)."""
